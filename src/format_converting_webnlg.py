@@ -1,0 +1,23 @@
+"""Raw WebNLG 2017 json file -> formatted jsonl ({"context", "completion", "cate"} per line).
+
+Usage: python src/format_converting_webnlg.py RAW_FILE OUTPUT_formatted.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+
+from nola.errors import run_cli
+from nola.formats import convert
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="raw WebNLG 2017 json file (train.json, dev.json, test.json)")
+    parser.add_argument("output", help="formatted jsonl to write")
+    args = parser.parse_args()
+    examples, unique = convert("webnlg", args.input, args.output)
+    print(f"{args.output}: {examples} examples, {unique} unique contexts")
+
+
+if __name__ == "__main__":
+    run_cli(main)

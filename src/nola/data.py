@@ -1,0 +1,22 @@
+"""The data pipeline's public face: raw formats -> jsonl, the tokenizer, the fine-tuning dataset.
+
+The work is split by job: :mod:`nola.formats` (raw files -> formatted jsonl), :mod:`nola.tokenizer`
+(GPT-2 BPE and encoding), :mod:`nola.dataset` (tensors and sharded loaders), :mod:`nola.download`
+(fetching raw files, vocabulary and checkpoints). Import from here.
+"""
+from nola.dataset import FTDataset, make_loader, read_encoded
+from nola.formats import WEBNLG_SEEN_CATEGORIES, group_by_context, read_formatted
+from nola.tokenizer import EOS_ID, encode_records, load_reference_tokenizer, load_tokenizer
+
+__all__ = [
+    "EOS_ID",
+    "FTDataset",
+    "WEBNLG_SEEN_CATEGORIES",
+    "encode_records",
+    "group_by_context",
+    "load_reference_tokenizer",
+    "load_tokenizer",
+    "make_loader",
+    "read_encoded",
+    "read_formatted",
+]

@@ -1,0 +1,106 @@
+"""Launcher-agnostic process set-up: torch.distributed.launch, torchrun, or plain python."""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nola.errors import fail
+from nola.log import get_logger, set_rank
+
+log = get_logger(__name__)
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def initialized(self) -> bool:
+        return self.world_size > 1
+
+
+def add_launch_args(parser: argparse.ArgumentParser) -> None:
+    """--platform, --local_rank (all spellings the launchers pass), --device, --threads, --random_seed."""
+    g = parser.add_argument_group("launch")
+    g.add_argument("--platform", default="local", choices=("local", "k8s"),
+                   help="local: env:// rendezvous from the launcher (NCCL on CUDA, Gloo on CPU)")
+    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+                   help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / local ranks)")
+    g.add_argument("--random_seed", type=int, default=10, help="seed for data order, dropout and init")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def init_distributed(args: argparse.Namespace) -> DistContext:
+    """Read rank/world size from the launcher, pick the device and backend, set threads and seeds."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", args.local_rank if args.local_rank is not None else 0)
+    local_world = _env_int("LOCAL_WORLD_SIZE", world)
+    want_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible: use --device cpu")
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        _set_cpu_threads(args.threads, local_world)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo", init_method="env://")
+    set_rank(rank)
+    seed_everything(args.random_seed + rank)
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def _set_cpu_threads(threads: int | None, local_world: int) -> None:
+    """Explicit --threads wins; else undo the launcher's OMP_NUM_THREADS=1 by sharing the cores."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS") == "1" and "LOCAL_RANK" in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // max(1, local_world))
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_objects(obj: object, ctx: DistContext) -> list[object]:
+    """Every rank's ``obj`` on every rank (a one-element list without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -29,3 +29,17 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     from nola.tiny import save_random_gpt2
 
     return save_random_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def e2e_data(tmp_path_factory, mirror) -> Path:
+    """E2E valid and test from the mirror, formatted and encoded exactly as create_datasets.sh does:
+    ``{valid,test}_formatted.jsonl`` and ``{valid,test}.jsonl`` in one folder."""
+    from nola.formats import convert
+    from nola.tokenizer import encode_file
+
+    out = tmp_path_factory.mktemp("e2e")
+    for split in ("valid", "test"):
+        convert("e2e", mirror / "data" / "e2e" / f"{split}.txt", out / f"{split}_formatted.jsonl")
+        encode_file(out / f"{split}_formatted.jsonl", out / f"{split}.jsonl", mirror / "vocab")
+    return out

@@ -9,6 +9,8 @@ exact in float32 except the final multiplication, which rounds identically every
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -76,7 +78,7 @@ def uniform_rows(
     _hash32_(h, tmp)
     del tmp
     unit = h.bitwise_right_shift_(8).to(torch.float32).mul_(2.0**-24)
-    bound32 = torch.tensor(bound, dtype=torch.float32).item()
+    bound32 = struct.unpack("f", struct.pack("f", bound))[0]  # the bound rounded to float32
     values = unit.mul_(2.0).sub_(1.0).mul_(bound32)
     return values.view(stop - start, row_size).to(dtype)
 

@@ -5,13 +5,15 @@ The work is split by job: :mod:`nola.formats` (raw files -> formatted jsonl), :m
 (fetching raw files, vocabulary and checkpoints). Import from here.
 """
 from nola.dataset import FTDataset, make_loader, read_encoded
-from nola.formats import WEBNLG_SEEN_CATEGORIES, group_by_context, read_formatted
-from nola.tokenizer import EOS_ID, encode_records, load_reference_tokenizer, load_tokenizer
+from nola.formats import WEBNLG_SEEN_CATEGORIES, convert, group_by_context, read_formatted
+from nola.tokenizer import EOS_ID, encode_file, encode_records, load_reference_tokenizer, load_tokenizer
 
 __all__ = [
     "EOS_ID",
     "FTDataset",
     "WEBNLG_SEEN_CATEGORIES",
+    "convert",
+    "encode_file",
     "encode_records",
     "group_by_context",
     "load_reference_tokenizer",

@@ -20,6 +20,15 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
     with atomic_open(target) as handle:
         handle.write("new\n")
     assert target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_sha256_file_matches_hashlib(tmp_path):

@@ -1,0 +1,221 @@
+"""Beam search exactly as microsoft/LoRA's NLG ``gpt2_beam.py`` decides, with a KV cache.
+
+The rule (which the published E2E / WebNLG / DART numbers were produced with):
+
+* scores are summed log-softmax over the generated tokens; step 0 expands only the first beam of
+  every example (all beams start from the same context);
+* before the log-softmax, the CTRL repetition penalty (on the logits of tokens already generated),
+  the ``min_length`` EOS ban and the no-repeat-n-gram ban (n-grams of the generated tokens only)
+  are applied;
+* the ``beam`` best (hypothesis, token) pairs of each example are kept, with no replacement: after
+  every step each kept hypothesis whose last token is an EOS becomes a finished candidate scored
+  ``sum_logprob / n_generated ** length_penalty``; an example keeps its best candidate (a later
+  one replaces it only if strictly better) and that beam's score becomes ``-inf``;
+* after ``eval_len`` steps every kept hypothesis is a candidate, scored the same way.
+
+The implementation differs only in ways that cannot change the result: the context is run once per
+example (not once per beam), contexts of different lengths share a batch through left padding and
+a key mask, and an example stops as soon as no kept hypothesis can still beat its best candidate
+(every later candidate extends a kept hypothesis, so its score is at most
+``max_kept_sum / L ** length_penalty`` for some remaining length ``L``).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nola.model import GPT2LMModel, Past
+from nola.tokenizer import EOS_ID
+
+
+def add_beam_args(parser: argparse.ArgumentParser) -> None:
+    """Data and decoding flags of ``gpt2_beam.py`` (defaults as microsoft/LoRA's script)."""
+    g = parser.add_argument_group("beam search")
+    g.add_argument("--data", required=True, help="encoded jsonl to decode (e.g. ./data/e2e/test.jsonl)")
+    g.add_argument("--batch_size", type=int, default=10, help="distinct contexts decoded together")
+    g.add_argument("--seq_len", type=int, default=512, help="context room = seq_len - eval_len tokens")
+    g.add_argument("--eval_len", type=int, default=256, help="maximum number of generated tokens")
+    g.add_argument("--min_length", type=int, default=0, help="EOS is banned before this many tokens")
+    g.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    g.add_argument("--length_penalty", type=float, default=1.0,
+                   help="finished score = sum_logprob / n_generated ** length_penalty")
+    g.add_argument("--no_repeat_ngram_size", type=int, default=4,
+                   help="ban any n-gram of this size already generated (0: off)")
+    g.add_argument("--repetition_penalty", type=float, default=1.0,
+                   help="CTRL penalty on the logits of tokens already generated (1.0: off)")
+    g.add_argument("--eos_token_id", action="append", type=int, default=[EOS_ID],
+                   help="an end-of-sequence token; each use adds one to the default 50256")
+    g.add_argument("--work_dir", default="gpt2_model", help="folder of the output file")
+    g.add_argument("--output_file", default="beam_prediction.jsonl",
+                   help="jsonl of {\"id\", \"predict\"} per input line, in input order")
+
+
+@dataclass
+class BeamSettings:
+    """The decoding rule's knobs, named as the command-line flags."""
+
+    beam: int = 1
+    eval_len: int = 64
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = 1.0
+    min_length: int = 0
+    eos_ids: tuple[int, ...] = field(default=(EOS_ID,))
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError(f"--beam must be >= 1, got {self.beam}")
+        if self.eval_len < 1:
+            raise ValueError(f"--eval_len must be >= 1, got {self.eval_len}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"--no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"--repetition_penalty must be > 0, got {self.repetition_penalty}")
+        self.eos_ids = tuple(dict.fromkeys(int(t) for t in self.eos_ids))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "BeamSettings":
+        return cls(beam=args.beam, eval_len=args.eval_len, length_penalty=args.length_penalty,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
+                   min_length=args.min_length, eos_ids=tuple(args.eos_token_id))
+
+
+def _process_logits(logits: torch.Tensor, history: torch.Tensor, s: BeamSettings, eos: torch.Tensor) -> None:
+    """In place: repetition penalty, min-length EOS ban, no-repeat-n-gram ban (generated tokens only)."""
+    n_gen = history.shape[1]
+    if s.repetition_penalty != 1.0 and n_gen:
+        seen = logits.gather(1, history)
+        logits.scatter_(1, history, torch.where(seen < 0, seen * s.repetition_penalty, seen / s.repetition_penalty))
+    if n_gen < s.min_length:
+        logits[:, eos] = -float("inf")
+    n = s.no_repeat_ngram_size
+    if n and n_gen >= n:
+        windows = history.unfold(1, n, 1)                       # (rows, n_gen-n+1, n)
+        prefix = history[:, n_gen - n + 1:]                      # the last n-1 tokens
+        hit = (windows[:, :, :-1] == prefix[:, None, :]).all(-1)
+        fill = torch.full(hit.shape, float("inf"), device=logits.device).masked_fill_(hit, -float("inf"))
+        logits.scatter_reduce_(1, windows[:, :, -1], fill, reduce="amin")
+
+
+class _Best:
+    """Per example: the best finished candidate so far (score, tokens) under the strict-> rule."""
+
+    def __init__(self, num: int, eval_len: int, device: torch.device) -> None:
+        self.score = torch.full((num,), -float("inf"), device=device)
+        self.has = torch.zeros(num, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(num, eval_len, dtype=torch.long, device=device)
+        self.length = torch.zeros(num, dtype=torch.long, device=device)
+
+    def offer(self, examples: torch.Tensor, scores: torch.Tensor, history: torch.Tensor,
+              is_cand: torch.Tensor, divisor: float) -> None:
+        """Offer the hypotheses flagged ``is_cand`` (rows of ``examples``, beams in order)."""
+        k, n_gen = scores.shape[1], history.shape[1]
+        cand = torch.where(is_cand, scores / divisor, -float("inf"))
+        top, pick = cand.max(dim=1)
+        first = is_cand.int().argmax(dim=1)   # all candidates -inf: the first one counts
+        pick = torch.where(top == -float("inf"), first, pick)
+        any_cand = is_cand.any(dim=1)
+        take = any_cand & (~self.has[examples] | (self.score[examples] < top))
+        if bool(take.any()):
+            rows = take.nonzero().squeeze(1)
+            ex = examples[rows]
+            self.score[ex] = top[rows]
+            self.tokens[ex, :n_gen] = history.view(-1, k, n_gen)[rows, pick[rows]]
+            self.length[ex] = n_gen
+        self.has[examples] |= any_cand
+
+
+def _left_pad(queries: Sequence[Sequence[int]], device: torch.device):
+    lens = torch.tensor([len(q) for q in queries], dtype=torch.long)
+    width = int(lens.max())
+    ids = torch.zeros(len(queries), width, dtype=torch.long)
+    for row, q in enumerate(queries):
+        ids[row, width - len(q):] = torch.as_tensor(list(q), dtype=torch.long)
+    if bool((lens == width).all()):
+        return ids.to(device), None, None, lens.to(device)
+    pad = (width - lens)[:, None]
+    cols = torch.arange(width)[None, :]
+    return ids.to(device), (cols - pad).clamp(min=0).to(device), (cols >= pad).to(device), lens.to(device)
+
+
+@torch.no_grad()
+def beam_search(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: BeamSettings) -> list[list[int]]:
+    """Decode every context of ``queries`` together; return each one's best hypothesis (token ids,
+    ending with its EOS when it finished before ``eval_len``). Results do not depend on batching."""
+    if not queries or any(len(q) == 0 for q in queries):
+        raise ValueError("beam_search needs non-empty contexts")
+    s, k = settings, settings.beam
+    device = next(model.parameters()).device
+    eos = torch.tensor(s.eos_ids, dtype=torch.long, device=device)
+    ids, position_ids, key_mask, lens = _left_pad(queries, device)
+    logits, past = model(ids, position_ids=position_ids, key_mask=key_mask)
+    logits = logits[:, -1].float()
+
+    num = len(queries)
+    best = _Best(num, s.eval_len, device)
+    examples = torch.arange(num, device=device)         # original index of each live example
+    history = torch.zeros(num, 0, dtype=torch.long, device=device)
+    _process_logits(logits, history, s, eos)
+    scores, tokens = F.log_softmax(logits, dim=-1).topk(k, dim=1)   # step 0: beam 0 only
+    select = torch.arange(num, device=device).repeat_interleave(k)  # cache rows for the next step
+    history = tokens.reshape(-1, 1)
+    positions = lens.repeat_interleave(k)
+    divisors = [float(n ** s.length_penalty) for n in range(s.eval_len + 1)]
+
+    for n_gen in range(1, s.eval_len + 1):
+        finished = torch.isin(tokens, eos)
+        best.offer(examples, scores, history, finished, divisors[n_gen])
+        scores = scores.masked_fill(finished, -float("inf"))
+        if n_gen == s.eval_len:
+            best.offer(examples, scores, history, torch.ones_like(scores, dtype=torch.bool), divisors[n_gen])
+            break
+        live_max = scores.max(dim=1).values
+        reach = torch.maximum(live_max / divisors[n_gen + 1], live_max / divisors[s.eval_len])
+        done = best.has[examples] & (best.score[examples] >= reach)
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            rows = (keep[:, None] * k + torch.arange(k, device=device)).reshape(-1)
+            examples, scores, tokens = examples[keep], scores[keep], tokens[keep]
+            select, history, positions = select[rows], history[rows], positions[rows]
+
+        past = _reorder(past, select)
+        if key_mask is not None:
+            key_mask = torch.cat([key_mask[select], key_mask.new_ones(len(select), 1)], dim=1)
+        logits, past = model(tokens.reshape(-1, 1), past=past, position_ids=positions[:, None], key_mask=key_mask)
+        logits = logits[:, -1].float()
+        _process_logits(logits, history, s, eos)
+        step = scores[:, :, None] + F.log_softmax(logits, dim=-1).view(len(examples), k, -1)
+        vocab = step.shape[-1]
+        scores, flat = step.view(len(examples), -1).topk(k, dim=1)
+        beam_of, tokens = flat // vocab, flat % vocab
+        select = (torch.arange(len(examples), device=device)[:, None] * k + beam_of).reshape(-1)
+        history = torch.cat([history[select], tokens.reshape(-1, 1)], dim=1)
+        positions = positions[select] + 1
+
+    lengths = best.length.tolist()
+    return [row[:n] for row, n in zip(best.tokens.tolist(), lengths)]
+
+
+def _reorder(past: Past, rows: torch.Tensor) -> Past:
+    return [(key.index_select(0, rows), value.index_select(0, rows)) for key, value in past]
+
+
+def decode_contexts(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: BeamSettings,
+                    batch_size: int, progress: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Beam-search every context, ``batch_size`` at a time (longest first, so batches hold similar
+    lengths); return the predictions in the order of ``queries``."""
+    order = sorted(range(len(queries)), key=lambda i: -len(queries[i]))
+    out: list[list[int] | None] = [None] * len(queries)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, pred in zip(chunk, beam_search(model, [queries[i] for i in chunk], settings)):
+            out[i] = pred
+        if progress is not None:
+            progress(len(chunk))
+    return out  # type: ignore[return-value]

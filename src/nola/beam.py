@@ -22,14 +22,26 @@ a key mask, and an example stops as soon as no kept hypothesis can still beat it
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from nola.dataset import FTDataset
+from nola.distributed import DistContext, gather_objects
+from nola.errors import fail
+from nola.fileio import atomic_open
+from nola.log import get_logger
 from nola.model import GPT2LMModel, Past
 from nola.tokenizer import EOS_ID
+
+log = get_logger(__name__)
 
 
 def add_beam_args(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +164,7 @@ def beam_search(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: 
     device = next(model.parameters()).device
     eos = torch.tensor(s.eos_ids, dtype=torch.long, device=device)
     ids, position_ids, key_mask, lens = _left_pad(queries, device)
-    logits, past = model(ids, position_ids=position_ids, key_mask=key_mask)
+    logits, past = model(ids, position_ids=position_ids, key_mask=key_mask, last_only=True)
     logits = logits[:, -1].float()
 
     num = len(queries)
@@ -219,3 +231,52 @@ def decode_contexts(model: GPT2LMModel, queries: Sequence[Sequence[int]], settin
         if progress is not None:
             progress(len(chunk))
     return out  # type: ignore[return-value]
+
+
+def unique_queries(dataset: FTDataset) -> tuple[list[list[int]], list[int]]:
+    """The distinct decoding contexts of ``dataset`` (first-appearance order) and, for every input
+    line, the index of its context. Test files repeat a context once per reference."""
+    index: dict[tuple[int, ...], int] = {}
+    line_to_query = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        query = tuple(item["query"][: int(item["query_len"])].tolist())
+        line_to_query.append(index.setdefault(query, len(index)))
+    return [list(q) for q in index], line_to_query
+
+
+def predict_dataset(model: GPT2LMModel, dataset: FTDataset, settings: BeamSettings, batch_size: int,
+                    ctx: DistContext) -> list[list[int]] | None:
+    """Beam-search each distinct context of ``dataset`` once, this rank's share of them, and gather
+    the results; rank 0 gets one prediction per input line (duplicates share theirs), others None."""
+    queries, line_to_query = unique_queries(dataset)
+    longest = max(len(q) for q in queries)
+    if longest + settings.eval_len > model.config.n_positions:
+        fail(f"--data {dataset.path}: a context of {longest} tokens plus --eval_len {settings.eval_len} "
+             f"exceeds the model's {model.config.n_positions} positions; lower --seq_len or --eval_len")
+    by_length = sorted(range(len(queries)), key=lambda i: -len(queries[i]))
+    mine = by_length[ctx.rank::ctx.world_size]
+    log.info("%s: %d lines, %d distinct contexts (%d on this rank), beam %d, eval_len %d",
+             dataset.path, len(dataset), len(queries), len(mine), settings.beam, settings.eval_len)
+    start = time.perf_counter()
+    with tqdm(total=len(mine), unit="ex", desc="beam search", disable=not ctx.is_main,
+              dynamic_ncols=True, file=sys.stderr) as bar:
+        preds = decode_contexts(model, [queries[i] for i in mine], settings, batch_size, bar.update)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(p) for p in preds)
+    log.info("rank %d: %d contexts in %.1f s (%.2f contexts/s, %.0f generated tokens/s)",
+             ctx.rank, len(mine), elapsed, len(mine) / max(elapsed, 1e-9), tokens / max(elapsed, 1e-9))
+    shares = gather_objects(list(zip(mine, preds)), ctx)
+    if not ctx.is_main:
+        return None
+    by_query: dict[int, list[int]] = {}
+    for share in shares:
+        by_query.update(share)
+    return [by_query[q] for q in line_to_query]
+
+
+def write_predictions(path: str | os.PathLike, predictions: list[list[int]]) -> None:
+    """``{"id": line index, "predict": token ids}`` per input line, in input order, atomically."""
+    with atomic_open(path, "w") as handle:
+        for i, pred in enumerate(predictions):
+            handle.write(json.dumps({"id": i, "predict": pred}) + "\n")

@@ -202,8 +202,10 @@ class GPT2LMModel(nn.Module):
         past: Past | None = None,
         position_ids: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, Past]:
-        """Logits (B, T, V) and the new cache. ``key_mask`` (B, past+T) marks real tokens."""
+        """Logits (B, T, V) and the new cache. ``key_mask`` (B, past+T) marks real tokens.
+        ``last_only``: logits of the last position only, (B, 1, V) (decoding needs no others)."""
         t = input_ids.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
         if position_ids is None:
@@ -216,6 +218,8 @@ class GPT2LMModel(nn.Module):
         for i, block in enumerate(tr.h):
             x, present = block(x, per_layer[i] if per_layer else None, None if past is None else past[i], mask)
             presents.append(present)
+        if last_only:
+            x = x[:, -1:]
         x = tr.ln_f(x)
         return F.linear(x, tr.wte.weight), presents
 

@@ -1,0 +1,159 @@
+"""Reference and prediction files from a beam-search sample file, laid out as the scorers read them.
+
+As microsoft/LoRA's NLG ``gpt2_decode.py``: references are grouped per distinct context of the
+formatted input file (order of first appearance), each cut at ``<|endoftext|>`` and at the first
+blank line and stripped; a prediction is the GPT-2 BPE decoding of its token ids, cut the same way
+(so at the first EOS, 50256 or the ``"\\n\\n"`` token 628), one line per distinct context.
+``--lower`` lower-cases and ``--tokenize`` splits off every non-word character, in that order.
+
+* ``e2e``: one reference file, each context's references one per line, groups separated by a
+  blank line (what the E2E scorer reads);
+* ``webnlg`` / ``dart``: a folder of ``reference0 .. reference{N-1}``, one line per context; a
+  context with fewer than N references is padded with its first one (the original pipeline, and
+  the official scores of the WebNLG fixture), or, with ``pad="empty"``, with empty lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nola.errors import fail
+from nola.fileio import atomic_open
+from nola.formats import read_formatted
+
+EOS_TEXT = "<|endoftext|>"
+REF_TYPES = ("e2e", "webnlg", "dart")
+FILTERS = ("all", "seen", "unseen")
+PADS = ("first", "empty")
+
+
+def cut(text: str) -> str:
+    """Text up to the first ``<|endoftext|>`` and the first blank line, stripped."""
+    return text.split(EOS_TEXT)[0].split("\n\n")[0].strip()
+
+
+def word_tokenize(text: str) -> str:
+    """Every non-word character as its own token, tokens joined by single spaces."""
+    return " ".join(" ".join(re.split(r"(\W)", text)).split())
+
+
+def post_process(text: str, tokenize: bool, lower: bool) -> str:
+    if lower:
+        text = text.lower()
+    if tokenize:
+        text = word_tokenize(text)
+    return text
+
+
+def read_samples(path: str | os.PathLike, num_lines: int, input_file: str) -> dict[int, list[int]]:
+    """``id -> token ids`` of a sample file, in file order; every input line id exactly once."""
+    samples: dict[int, list[int]] = {}
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        fail(f"--sample_file {path}: cannot read it ({exc.strerror}); run gpt2_beam.py first")
+    with handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"--sample_file {path}:{lineno}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                fail(f"{where}: not valid JSON ({exc.msg})")
+            if not isinstance(item, dict) or type(item.get("id")) is not int or not isinstance(item.get("predict"), list):
+                fail(f"{where}: expected {{\"id\": int, \"predict\": [token ids]}}")
+            sid, tokens = item["id"], item["predict"]
+            if not all(type(t) is int for t in tokens):
+                fail(f"{where}: 'predict' must hold integer token ids")
+            if not 0 <= sid < num_lines:
+                fail(f"{where}: id {sid} is not a line of --input_file {input_file} ({num_lines} lines): "
+                     f"the sample file was made from another input file")
+            if sid in samples:
+                fail(f"{where}: id {sid} appears twice")
+            samples[sid] = tokens
+    missing = sorted(set(range(num_lines)) - set(samples))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        fail(f"--sample_file {path} has no prediction for {len(missing)} of the {num_lines} lines of "
+             f"--input_file {input_file} (ids {shown}): decode that input file completely")
+    return samples
+
+
+@dataclass
+class Group:
+    """One distinct context: its references and the prediction made for it."""
+
+    references: list[str] = field(default_factory=list)
+    prediction: str = ""
+
+
+def group_outputs(records: list[dict], samples: dict[int, list[int]], tokenizer, keep: str = "all") -> list[Group]:
+    """Groups per distinct context (first-appearance order) of the records ``keep`` selects."""
+    if keep != "all" and any("cate" not in r for r in records):
+        fail(f"--filter {keep} needs WebNLG records with a 'cate' (seen category) field; use --filter all")
+    groups: dict[str, Group] = {}
+    for record in records:
+        if keep == "all" or bool(record["cate"]) == (keep == "seen"):
+            groups.setdefault(record["context"], Group()).references.append(cut(record["completion"]))
+    if not groups:
+        fail(f"--filter {keep} leaves no contexts in --input_file")
+    for sid, tokens in samples.items():  # a context's lines disagreeing: the last one wins, as in the original
+        group = groups.get(records[sid]["context"])
+        if group is not None:
+            group.prediction = cut(tokenizer.decode(tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    return list(groups.values())
+
+
+def write_e2e(groups: list[Group], ref_path: str | os.PathLike, pred_path: str | os.PathLike,
+              tokenize: bool = False, lower: bool = False) -> None:
+    """E2E layout: reference groups separated by blank lines; one prediction line per group."""
+    with atomic_open(ref_path, "w") as refs, atomic_open(pred_path, "w") as preds:
+        for group in groups:
+            for ref in group.references:
+                refs.write(post_process(ref, tokenize, lower) + "\n")
+            refs.write("\n")
+            preds.write(post_process(group.prediction, tokenize, lower) + "\n")
+
+
+def write_multi_reference(groups: list[Group], ref_dir: str | os.PathLike, pred_path: str | os.PathLike,
+                          ref_num: int, tokenize: bool = False, lower: bool = False, pad: str = "first") -> None:
+    """WebNLG / DART layout: ``ref_dir/reference{i}`` for i < ``ref_num``, one line per group."""
+    if ref_num < 1:
+        fail(f"--ref_num must be >= 1, got {ref_num}")
+    ref_dir = Path(ref_dir)
+    if ref_dir.exists() and not ref_dir.is_dir():
+        fail(f"--output_ref_file {ref_dir} is a file; for --ref_type webnlg/dart it names a folder")
+    columns: list[list[str]] = [[] for _ in range(ref_num)]
+    for group in groups:
+        for i, column in enumerate(columns):
+            if i < len(group.references):
+                column.append(post_process(group.references[i], tokenize, lower))
+            else:
+                column.append(post_process(group.references[0], tokenize, lower) if pad == "first" else "")
+    for i, column in enumerate(columns):
+        with atomic_open(ref_dir / f"reference{i}", "w") as handle:
+            handle.write("".join(line + "\n" for line in column))
+    with atomic_open(pred_path, "w") as handle:
+        handle.write("".join(post_process(g.prediction, tokenize, lower) + "\n" for g in groups))
+
+
+def decode_files(sample_file: str, input_file: str, vocab: str, output_ref_file: str, output_pred_file: str,
+                 ref_type: str = "e2e", ref_num: int = 4, tokenize: bool = False, lower: bool = False,
+                 keep: str = "all", pad: str = "first") -> int:
+    """The whole of ``gpt2_decode.py``; returns the number of distinct contexts written."""
+    from nola.tokenizer import load_tokenizer
+
+    if not Path(input_file).is_file():
+        fail(f"--input_file {input_file} not found: pass the formatted jsonl the samples were decoded from")
+    records = read_formatted(input_file)
+    samples = read_samples(sample_file, len(records), input_file)
+    groups = group_outputs(records, samples, load_tokenizer(vocab), keep)
+    if ref_type == "e2e":
+        write_e2e(groups, output_ref_file, output_pred_file, tokenize, lower)
+    else:
+        write_multi_reference(groups, output_ref_file, output_pred_file, ref_num, tokenize, lower, pad)
+    return len(groups)

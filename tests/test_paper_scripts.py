@@ -103,7 +103,19 @@ def test_earlier_run_is_not_mixed_in(layout):
     repo, root = layout
     _write(root / "trained_models" / "e2e_gpt2m_lora_r1" / "model.1000.pt")
     result = run(repo / "scripts" / "paper" / "e2e_gpt2m_lora_r1.sh", root=root)
-    assert_clean_failure(result, r"trained_models/e2e_gpt2m_lora_r1 holds an earlier run")
+    assert_clean_failure(result, r"trained_models/e2e_gpt2m_lora_r1 holds an earlier run: continue it with --resume")
+
+
+def test_resume_continues_an_interrupted_run(layout):
+    repo, root = layout
+    script = repo / "scripts" / "paper" / "e2e_gpt2m_nola_qv_96k.sh"
+    assert_clean_failure(run(script, "--dry-run", "--resume", root=root), r"resume\.pt is missing")
+    work = root / "trained_models" / "e2e_gpt2m_nola_qv_96k"
+    _write(work / "resume.pt")
+    _write(work / "model.1000.pt")
+    result = run(script, "--dry-run", "--resume", root=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].endswith(f"--nola_num_basis 1000 --resume {work}")
 
 
 @pytest.mark.parametrize("nproc, message", [("3", "does not divide the paper's batch of 8"),
@@ -169,3 +181,32 @@ def test_nola_budgets_match_their_names():
 def test_every_row_script_is_a_published_row():
     published = json.loads((REPO / "results" / "published.json").read_text())
     assert {r["id"] for r in published["rows"]} == {p.stem for p in ROW_SCRIPTS}
+
+
+def test_flags_are_accepted_by_the_pipeline_scripts(layout):
+    """Every flag the row scripts pass exists in the real gpt2_ft.py (parsed with its own parser),
+    gpt2_beam.py and gpt2_decode.py (listed by --help)."""
+    from gpt2_ft import build_parser
+
+    repo, root = layout
+    commands: list[list[str]] = []
+    for name in ("e2e_gpt2m_lora_r4", "e2e_gpt2l_qnola4", "e2e_gpt2m_nola_mlp_96k", "webnlg_gpt2m_nola",
+                 "dart_gpt2m_lora_r4"):
+        result = run(repo / "scripts" / "paper" / f"{name}.sh", "--dry-run", root=root)
+        assert result.returncode == 0, result.stderr
+        commands += [line.split() for line in result.stdout.splitlines() if not line.startswith("#")]
+    used: dict[str, set[str]] = {"gpt2_beam.py": set(), "gpt2_decode.py": set()}
+    for words in commands:
+        script = next((w for w in words if w.endswith(("gpt2_ft.py", "gpt2_beam.py", "gpt2_decode.py"))), None)
+        if script is None:
+            continue
+        flags = words[words.index(script) + 1:]
+        if script.endswith("gpt2_ft.py"):
+            args = build_parser().parse_args(flags)
+            assert args.train_batch_size == 8 and args.max_epoch == 5 and args.scheduler == "linear"
+        else:
+            used[Path(script).name] |= {w for w in flags if w.startswith("--")}
+    for name, flags in used.items():
+        help_text = subprocess.run([sys.executable, str(REPO / "src" / name), "--help"], capture_output=True,
+                                   text=True, timeout=120).stdout
+        assert flags and flags <= set(re.findall(r"--[a-z0-9_]+", help_text)), name

@@ -7,6 +7,7 @@
 #                        The global batch stays the paper's 8 (each process trains on 8/N), so N
 #                        must be 1, 2, 4 or 8.
 #   --dry-run            check the files, print the commands, run nothing (no GPU needed).
+#   --resume             continue an interrupted training run of this row from its resume.pt.
 # Environment: PYTHON (default .venv/bin/python), NOLA_RUN_ROOT (holds data/, vocab/ and
 #   pretrained_checkpoints/; default the repo), WORK_ROOT (default $NOLA_RUN_ROOT/trained_models),
 #   RESULTS_DIR (default <repo>/results), MASTER_PORT (default 29500; set one per concurrent run).
@@ -20,6 +21,7 @@ RUN_ROOT="${NOLA_RUN_ROOT:-$PAPER_REPO}"
 RESULTS="${RESULTS_DIR:-$PAPER_REPO/results}"
 GLOBAL_BATCH=8
 DRY_RUN=0
+RESUME=0
 NPROC="${NPROC:-}"
 
 die() { echo "error: $*" >&2; exit 2; }
@@ -31,8 +33,9 @@ parse_args() {
       --nproc_per_node|--nproc-per-node) [ $# -ge 2 ] || die "$1 needs a number"; NPROC=$2; shift 2 ;;
       --nproc_per_node=*|--nproc-per-node=*) NPROC=${1#*=}; shift ;;
       --dry-run) DRY_RUN=1; shift ;;
+      --resume) RESUME=1; shift ;;
       -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
-      *) die "unknown option $1 (use --nproc_per_node N and/or --dry-run)" ;;
+      *) die "unknown option $1 (use --nproc_per_node N, --dry-run, --resume)" ;;
     esac
   done
 }
@@ -82,8 +85,10 @@ preflight() {
   fi
   WORK="${WORK_ROOT:-$RUN_ROOT/trained_models}/$name"
   case $WORK in /*) ;; *) WORK="$PWD/$WORK" ;; esac
-  if [ "$DRY_RUN" = 0 ] && [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
-    die "$WORK holds an earlier run: move it away (or set WORK_ROOT) so its checkpoints are not mixed in"
+  if [ "$RESUME" = 1 ]; then
+    [ -f "$WORK/resume.pt" ] || die "--resume: $WORK/resume.pt is missing: there is no interrupted run to continue"
+  elif [ "$DRY_RUN" = 0 ] && [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
+    die "$WORK holds an earlier run: continue it with --resume, or move it away (or set WORK_ROOT)"
   fi
   if [ -n "$NPROC" ]; then
     [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc_per_node '$NPROC' is not a positive integer"
@@ -109,8 +114,8 @@ shell_quote() {
   echo "${line% }"
 }
 
-# step LABEL OUT CMD...: record CMD; run it (stdout to OUT, stderr to logs/LABEL.log, or both to the
-# log when OUT is "-"), or only print it under --dry-run; stop with the log's name on failure.
+# step LABEL OUT CMD...: record CMD; run it (stdout to OUT, stderr appended to logs/LABEL.log, or both
+# to the log when OUT is "-"), or only print it under --dry-run; stop with the log's name on failure.
 step() {
   local label=$1 out=$2 log rc
   shift 2
@@ -122,9 +127,9 @@ step() {
   fi
   echo "== [$(date -u +%H:%M:%S)] $label (log: $log)"
   if [ "$out" = - ]; then
-    "$@" > "$log" 2>&1; rc=$?
+    "$@" >> "$log" 2>&1; rc=$?
   else
-    "$@" > "$out" 2> "$log"; rc=$?
+    "$@" > "$out" 2>> "$log"; rc=$?
   fi
   [ $rc -eq 0 ] || { echo "error: $label failed (exit $rc): see $log" >&2; exit 1; }
 }
@@ -149,6 +154,8 @@ run_row() {
   cd "$RUN_ROOT" || die "cannot enter $RUN_ROOT"
   export PYTHONPATH="$PAPER_REPO/src${PYTHONPATH:+:$PYTHONPATH}"
   [ "$DRY_RUN" = 1 ] || mkdir -p "$WORK/logs"
+  RESUME_FLAGS=()
+  [ "$RESUME" = 1 ] && RESUME_FLAGS=(--resume "$WORK")
   launch=("$PY" -m torch.distributed.launch --nproc_per_node="$NPROC" --master_port="${MASTER_PORT:-29500}")
 
   step train - "${launch[@]}" "$PAPER_REPO/src/gpt2_ft.py" \
@@ -156,7 +163,8 @@ run_row() {
     --train_batch_size $((GLOBAL_BATCH / NPROC)) --grad_acc 1 --valid_batch_size 4 --seq_len 512 \
     --model_card "$card" --init_checkpoint "$CKPT_FILE" --platform local \
     --clip 0.0 --correct_bias --adam_beta2 0.999 --scheduler linear --warmup_step 500 --max_epoch 5 \
-    --save_interval 1000 --label_smooth "$LABEL_SMOOTH" --work_dir "$WORK" --random_seed 110 "$@"
+    --save_interval 1000 --label_smooth "$LABEL_SMOOTH" --work_dir "$WORK" --random_seed 110 "$@" \
+    ${RESUME_FLAGS[@]+"${RESUME_FLAGS[@]}"}
 
   if [ "$DRY_RUN" = 1 ]; then ckpt="$WORK/model.<STEP>.pt"; else ckpt=$(last_checkpoint) || exit 1; fi
   step_no=$(basename "$ckpt" .pt); step_no=${step_no#model.}

@@ -127,17 +127,15 @@ class _Best:
         """Offer the hypotheses flagged ``is_cand`` (rows of ``examples``, beams in order)."""
         k, n_gen = scores.shape[1], history.shape[1]
         cand = torch.where(is_cand, scores / divisor, -float("inf"))
-        top, pick = cand.max(dim=1)
+        top, pick = cand.max(dim=1).values, cand.argmax(dim=1)  # ties: the first beam, as the original's loop
         first = is_cand.int().argmax(dim=1)   # all candidates -inf: the first one counts
         pick = torch.where(top == -float("inf"), first, pick)
         any_cand = is_cand.any(dim=1)
         take = any_cand & (~self.has[examples] | (self.score[examples] < top))
-        if bool(take.any()):
-            rows = take.nonzero().squeeze(1)
-            ex = examples[rows]
-            self.score[ex] = top[rows]
-            self.tokens[ex, :n_gen] = history.view(-1, k, n_gen)[rows, pick[rows]]
-            self.length[ex] = n_gen
+        chosen = history.view(-1, k, n_gen)[torch.arange(len(examples), device=history.device), pick]
+        self.score[examples] = torch.where(take, top, self.score[examples])
+        self.tokens[examples, :n_gen] = torch.where(take[:, None], chosen, self.tokens[examples, :n_gen])
+        self.length[examples] = torch.where(take, n_gen, self.length[examples])
         self.has[examples] |= any_cand
 
 

@@ -112,3 +112,20 @@ def test_beam_4_differs_from_greedy_and_settled_examples_leave_the_batch():
     # one pass over the 6 contexts, then 6 x 4 hypotheses until examples settle (the brute-force
     # test above shows that dropping them early changes nothing)
     assert rows[:2] == [6, 24] and rows[-1] < 24 and len(rows) <= CASES[1].eval_len
+
+
+def test_last_only_logits_and_left_padding_match_the_plain_forward():
+    model, ctxs = small_model(), contexts()
+    with torch.no_grad():
+        for c in ctxs[:3]:
+            ids = torch.tensor([c])
+            assert torch.equal(model(ids, last_only=True)[0][:, -1], model(ids)[0][:, -1])
+        # a left-padded row with its key mask and shifted positions gives the unpadded row's logits
+        short, width = ctxs[2], 9
+        ids = torch.tensor([[0] * (width - len(short)) + short])
+        pad = width - len(short)
+        positions = (torch.arange(width) - pad).clamp(min=0)[None]
+        mask = (torch.arange(width) >= pad)[None]
+        padded = model(ids, position_ids=positions, key_mask=mask, last_only=True)[0][0, -1]
+        plain = model(torch.tensor([short]))[0][0, -1]
+    assert torch.allclose(padded, plain, atol=1e-5)

@@ -19,6 +19,7 @@ from nola.beam import BeamSettings, beam_search
 from nola.build import build_model
 from nola.checkpoint import save_adapter
 from nola.errors import UsageError
+from nola.metrics import e2e as e2e_metrics
 from nola.options import add_model_args
 
 NOLA = ["--nola_rank", "4", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", "64", "--qnola", "--qbits", "3"]
@@ -101,6 +102,8 @@ def test_e2e_chain_decodes_each_context_once_and_writes_scorer_files(trained, e2
     assert (tmp_path / "e2e_ref.txt").read_bytes() == (mirror / "eval_golden" / "e2e_test_ref.txt").read_bytes()
     pred_lines = (tmp_path / "e2e_pred.txt").read_text().split("\n")
     assert len(pred_lines) == 631 and pred_lines[-1] == ""  # one line per context
+    refs, outputs = e2e_metrics.load(tmp_path / "e2e_ref.txt", tmp_path / "e2e_pred.txt")  # the scorer's reader
+    assert len(refs) == len(outputs) == 630 and sum(map(len, refs)) == 4693
 
 
 def test_two_ranks_under_torch_distributed_launch_match_one_process(trained, e2e_run, e2e_data, repo, tmp_path):

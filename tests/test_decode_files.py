@@ -14,6 +14,7 @@ import pytest
 import gpt2_decode
 from nola.errors import UsageError
 from nola.formats import convert, read_formatted
+from nola.metrics import webnlg as webnlg_metrics
 from nola.tokenizer import load_tokenizer
 
 
@@ -70,6 +71,8 @@ def test_webnlg_references_are_the_golden_files_and_filters_split_them(tmp_path,
     for i in range(6):
         assert (refs / f"reference{i}").read_bytes() == (golden / f"reference{i}").read_bytes(), i
     assert (tmp_path / "pred.txt").read_text().splitlines() == [f"entry {k} : it ' s the end" for k in range(870)]
+    refs_per_item, hyps = webnlg_metrics.load(str(refs / "reference"), tmp_path / "pred.txt", 6)  # the scorer's reader
+    assert len(refs_per_item) == len(hyps) == 870
 
     # WebNLG dev holds only categories seen in training
     assert all(r["cate"] for r in records)

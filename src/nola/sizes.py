@@ -1,0 +1,70 @@
+"""Adapter file sizes without base weights: what ``model.<step>.pt`` will weigh for any card.
+
+The model is built on the meta device (no memory, no weights), its adapter tensors are replaced by
+zeros of the right shapes, and the file is written by :func:`nola.checkpoint.save_adapter` itself,
+so the figure includes the exact container overhead (zip records, pickled metadata) and the b-bit
+packing. Values do not change the size: tensors are stored uncompressed.
+
+``PYTHONPATH=src python -m nola.sizes`` prints the table for GPT-2 S/M/L on q and v.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nola.checkpoint import save_adapter
+from nola.layers import LoRAConfig, NOLAConfig
+from nola.model import GPT2Config, GPT2LMModel, count_trainable
+
+PAPER_BASE = "./pretrained_checkpoints/gpt2-{size}-pytorch_model.bin"
+_CARD_SIZE = {"gpt2.sm": "small", "gpt2.md": "medium", "gpt2.lg": "large"}
+
+
+def adapter_file_bytes(cfg: GPT2Config, adapter: NOLAConfig | LoRAConfig, base_path: str | None = None,
+                       base_sha256: str | None = "0" * 64, step: int = 0) -> tuple[int, int]:
+    """(bytes of the adapter file, trainable parameters) for ``adapter`` on a ``cfg`` model."""
+    is_nola = isinstance(adapter, NOLAConfig)
+    skeleton = dataclasses.replace(adapter, mode="onthefly") if is_nola else None
+    with torch.device("meta"):
+        model = GPT2LMModel(cfg, nola=skeleton, lora=None if is_nola else adapter)
+    if is_nola:
+        model.nola_config = adapter  # record the configuration as given (mode included)
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.requires_grad:
+                setattr(module, name, nn.Parameter(torch.zeros(param.shape)))
+    with tempfile.TemporaryDirectory() as tmp:
+        size = save_adapter(model, Path(tmp) / "model.pt", base_path, base_sha256, step)
+    return size, count_trainable(model)
+
+
+def paper_sizes(card: str = "gpt2.md") -> list[tuple[str, int, int]]:
+    """(setting, trainable parameters, file bytes) on q and v at the papers' settings."""
+    cfg = GPT2Config.from_card(card)
+    base = PAPER_BASE.format(size=_CARD_SIZE.get(card, card))
+    settings = [
+        ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000)),
+        ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qbits=4)),
+        ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qbits=3)),
+        ("LoRA r=4 fp32", LoRAConfig(dim=4, alpha=32.0)),
+        ("LoRA r=1 fp32", LoRAConfig(dim=1, alpha=32.0)),
+    ]
+    rows = []
+    for name, adapter in settings:
+        size, params = adapter_file_bytes(cfg, adapter, base)
+        rows.append((name, params, size))
+    return rows
+
+
+def main() -> None:
+    for card in _CARD_SIZE:
+        for name, params, size in paper_sizes(card):
+            print(f"{card}  {name:<26} {params:>9,} params  {size:>10,} bytes  {size / 1024:9.1f} KB")
+
+
+if __name__ == "__main__":
+    main()

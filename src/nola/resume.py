@@ -1,0 +1,127 @@
+"""Resume state of an interrupted fine-tuning run, kept apart from the adapter files.
+
+``work_dir/resume.pt`` holds what continuing needs and ``model.<step>.pt`` must not carry: the
+trainable tensors at full precision (a quantised adapter file stores only b-bit codes), the
+optimiser, the gradient scaler, every rank's RNG states and the data position (epoch, batches of
+that epoch already trained). It is rewritten atomically at every save, after the adapter file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nola.checkpoint import adapter_config_from
+from nola.errors import fail
+from nola.fileio import atomic_open, atomic_torch_save
+from nola.layers import LoRAConfig, NOLAConfig
+from nola.options import LORA_FLAGS, NOLA_FLAGS, resolve_adapter
+
+RESUME_FORMAT = "nola-resume"
+RESUME_FILE = "resume.pt"
+# Flags the data position and schedule depend on: they must match the interrupted run.
+RUN_KEYS = ("train_batch_size", "grad_acc", "random_seed", "seq_len", "obj")
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's Python, NumPy, torch (and CUDA) RNG states, storable with ``weights_only``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_path(where: str | os.PathLike) -> Path:
+    """``--resume`` takes the interrupted run's work_dir or its resume.pt."""
+    path = Path(where)
+    return path / RESUME_FILE if path.is_dir() else path
+
+
+def load_resume(where: str | os.PathLike) -> dict:
+    """Read and check a resume file; one-line errors for a missing, truncated or foreign file."""
+    path = resume_path(where)
+    if not path.is_file():
+        fail(f"--resume {where}: no {RESUME_FILE} there; it is written with every checkpoint "
+             f"(--save_interval) of a gpt2_ft.py run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        fail(f"--resume {path}: unreadable or truncated ({type(exc).__name__}); resume from an intact work_dir")
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        fail(f"--resume {path}: not a resume file written by gpt2_ft.py")
+    return state
+
+
+def save_resume(state: dict, work_dir: str | os.PathLike) -> int:
+    """Write ``work_dir/resume.pt`` atomically; return its size."""
+    return atomic_torch_save({"format": RESUME_FORMAT, "version": 1, **state}, Path(work_dir) / RESUME_FILE)
+
+
+def recorded_adapter(state: dict) -> NOLAConfig | LoRAConfig | None:
+    return adapter_config_from({"adapter": state["adapter"], "config": state["adapter_config"]})
+
+
+def adopt_resume_flags(args: argparse.Namespace, state: dict) -> None:
+    """Check the flags against the interrupted run, then take its adapter settings.
+
+    Adapter flags that contradict the recorded adapter, and data/schedule flags that would move
+    the data position, are errors; adapter flags left out are filled from the record.
+    """
+    for key in RUN_KEYS:
+        if getattr(args, key) != state["run"][key]:
+            fail(f"--{key} {getattr(args, key)} differs from the interrupted run's {state['run'][key]}: "
+                 f"resume with the same value")
+    recorded = recorded_adapter(state)
+    if recorded is None:
+        if resolve_adapter(args, "cpu") is not None:
+            fail("--resume: the interrupted run trained the full model, without an adapter: drop the adapter flags")
+        return
+    resolve_adapter(args, "cpu", recorded)
+    if isinstance(recorded, NOLAConfig):
+        for flag, field in NOLA_FLAGS.items():
+            setattr(args, flag, getattr(recorded, field))
+        args.qnola = recorded.qbits is not None
+    else:
+        for flag, field in LORA_FLAGS.items():
+            if field != "dropout" or getattr(args, flag) is None:
+                setattr(args, flag, getattr(recorded, field))
+
+
+def check_resume_world(state: dict, world_size: int) -> None:
+    if world_size != state["run"]["world_size"]:
+        fail(f"--resume: the interrupted run used {state['run']['world_size']} processes, this one "
+             f"{world_size}; launch the same number so the data shards line up")
+
+
+def trim_log(path: str | os.PathLike, step: int) -> None:
+    """Drop ``log.jsonl`` rows after ``step`` (written after the last checkpoint, before the stop)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_open(path) as handle:
+        handle.write("".join(line + "\n" for line in kept))

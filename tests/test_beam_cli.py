@@ -19,7 +19,6 @@ from nola.beam import BeamSettings, beam_search
 from nola.build import build_model
 from nola.checkpoint import save_adapter
 from nola.errors import UsageError
-from nola.metrics import e2e as e2e_metrics
 from nola.options import add_model_args
 
 NOLA = ["--nola_rank", "4", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", "64", "--qnola", "--qbits", "3"]
@@ -75,7 +74,7 @@ def e2e_run(trained, e2e_data, repo):
     return root / "run" / "predict.100.b2p08r4.jsonl", done.stderr
 
 
-def test_e2e_chain_decodes_each_context_once_and_writes_scorer_files(trained, e2e_run, e2e_data, mirror, tmp_path):
+def test_e2e_chain_decodes_each_context_once_and_writes_scorer_files(trained, e2e_run, e2e_data, mirror, repo, tmp_path):
     root, card = trained
     path, stderr = e2e_run
     preds = read_predictions(path)
@@ -102,8 +101,12 @@ def test_e2e_chain_decodes_each_context_once_and_writes_scorer_files(trained, e2
     assert (tmp_path / "e2e_ref.txt").read_bytes() == (mirror / "eval_golden" / "e2e_test_ref.txt").read_bytes()
     pred_lines = (tmp_path / "e2e_pred.txt").read_text().split("\n")
     assert len(pred_lines) == 631 and pred_lines[-1] == ""  # one line per context
-    refs, outputs = e2e_metrics.load(tmp_path / "e2e_ref.txt", tmp_path / "e2e_pred.txt")  # the scorer's reader
-    assert len(refs) == len(outputs) == 630 and sum(map(len, refs)) == 4693
+    scored = subprocess.run([sys.executable, str(repo / "eval" / "e2e" / "measure_scores.py"),
+                             str(tmp_path / "e2e_ref.txt"), str(tmp_path / "e2e_pred.txt"), "-p", "--json"],
+                            capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr
+    report = json.loads(scored.stdout)
+    assert report["outputs"] == 630 and set(report["scores"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
 
 
 def test_two_ranks_under_torch_distributed_launch_match_one_process(trained, e2e_run, e2e_data, repo, tmp_path):

@@ -21,6 +21,15 @@ VOCAB = 40
 EOS = (3, 7)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a shared CPU makes them slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_model(seed: int = 1) -> GPT2LMModel:
     torch.manual_seed(seed)
     model = GPT2LMModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, card="test"))
@@ -77,10 +86,11 @@ CASES = [
     BeamSettings(beam=4, eval_len=12, length_penalty=0.8, no_repeat_ngram_size=3, eos_ids=EOS),
     BeamSettings(beam=4, eval_len=10, length_penalty=1.5, no_repeat_ngram_size=2, repetition_penalty=1.3,
                  min_length=5, eos_ids=EOS),
+    BeamSettings(beam=3, eval_len=8, length_penalty=-0.5, no_repeat_ngram_size=3, eos_ids=EOS),
 ]
 
 
-@pytest.mark.parametrize("settings", CASES, ids=["greedy", "beam4", "beam4-reppen-minlen"])
+@pytest.mark.parametrize("settings", CASES, ids=["greedy", "beam4", "beam4-reppen-minlen", "beam3-negative-lp"])
 def test_beam_equals_brute_force_reference_in_batches_of_1_and_3(settings):
     model = small_model()
     ctxs = contexts()

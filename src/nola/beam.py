@@ -174,7 +174,7 @@ def beam_search(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: 
     select = torch.arange(num, device=device).repeat_interleave(k)  # cache rows for the next step
     history = tokens.reshape(-1, 1)
     positions = lens.repeat_interleave(k)
-    divisors = [float(n ** s.length_penalty) for n in range(s.eval_len + 1)]
+    divisors = {n: float(n ** s.length_penalty) for n in range(1, s.eval_len + 1)}  # n_gen ** length_penalty
 
     for n_gen in range(1, s.eval_len + 1):
         finished = torch.isin(tokens, eos)

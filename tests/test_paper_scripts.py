@@ -210,3 +210,55 @@ def test_flags_are_accepted_by_the_pipeline_scripts(layout):
         help_text = subprocess.run([sys.executable, str(REPO / "src" / name), "--help"], capture_output=True,
                                    text=True, timeout=120).stdout
         assert flags and flags <= set(re.findall(r"--[a-z0-9_]+", help_text)), name
+
+
+@pytest.mark.slow
+def test_row_end_to_end_on_cpu(tmp_path, mirror):
+    """A whole row through the real gpt2_ft/beam/decode with a tiny random GPT-2 on 24 E2E lines,
+    two processes (the GPU query answered by a stand-in, so NPROC defaults to its "2 GPUs"), a
+    stand-in scorer that checks the decoded files; the row lands in results/e2e.jsonl."""
+    from nola.formats import convert
+    from nola.tiny import save_random_gpt2
+    from nola.tokenizer import encode_file
+
+    repo, root = tmp_path / "repo", tmp_path / "root"
+    shutil.copytree(PAPER, repo / "scripts" / "paper")
+    (repo / "src").symlink_to(REPO / "src")
+    _write(repo / "eval" / "e2e" / "measure_scores.py", (
+        "import json, sys\n"
+        "refs = open(sys.argv[1]).read().rstrip('\\n').split('\\n\\n')\n"
+        "preds = open(sys.argv[2]).read().removesuffix('\\n').split('\\n')\n"
+        "assert sys.argv[3:] == ['-p', '--json'] and len(refs) == len(preds) == 3, (len(refs), len(preds))\n"
+        "print(json.dumps({'BLEU': 0.5, 'NIST': 5.0, 'METEOR': 0.3, 'ROUGE_L': 0.4, 'CIDEr': 1.0}))\n"))
+    base = save_random_gpt2(tmp_path / "base", n_positions=512)
+    (root / "pretrained_checkpoints").mkdir(parents=True)
+    shutil.copy(base / "pytorch_model.bin", root / "pretrained_checkpoints" / "gpt2-medium-pytorch_model.bin")
+    shutil.copytree(mirror / "vocab", root / "vocab")
+    e2e = root / "data" / "e2e"
+    convert("e2e", mirror / "data" / "e2e" / "valid.txt", tmp_path / "all.jsonl")
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    for split, part in (("train", lines[:24]), ("valid", lines[24:32]), ("test", lines[32:50])):  # test: 3 MRs
+        _write(e2e / f"{split}_formatted.jsonl", "\n".join(part) + "\n")
+        encode_file(e2e / f"{split}_formatted.jsonl", e2e / f"{split}.jsonl", root / "vocab")
+    _write(repo / "scripts" / "paper" / "tiny_row.sh", (
+        '. "$(dirname "${BASH_SOURCE[0]}")/common.sh"\nparse_args "$@"\n'
+        f"run_row tiny_row {base / 'card.json'} gpt2-medium e2e --lr 0.1 --weight_decay 0.0 "
+        "--nola_rank 8 --nola_c 1.0 --nola_qv --nola_num_basis 50 --qnola --qbits 3\n"))
+    python = tmp_path / "python"
+    _write(python, ('#!/usr/bin/env bash\n'
+                    'if [ "${1:-}" = -c ] && [[ "${2:-}" == *torch.cuda.device_count* ]]; then echo 2; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n'))
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "NOLA_RUN_ROOT": str(root), "RESULTS_DIR": str(tmp_path / "results"),
+           "MASTER_PORT": "29617", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", str(repo / "scripts" / "paper" / "tiny_row.sh")], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    work = root / "trained_models" / "tiny_row"
+    row = json.loads((tmp_path / "results" / "e2e.jsonl").read_text())
+    # 24 lines / (8 / 2 processes) = 6 batches per process-epoch over 2 processes -> 3 steps x 5 epochs
+    assert row["checkpoint"] == str(work / "model.15.pt")
+    assert row["params"] == 2 * 2 * 2 * 50 and row["adapter_bytes"] == (work / "model.15.pt").stat().st_size
+    assert row["nproc"] == 2 and row["scores"]["BLEU"] == 0.5 and len(row["commands"]) == 4
+    assert "--nproc_per_node=2" in row["commands"][0] and "--train_batch_size 4" in row["commands"][0]
+    assert (work / "commands.txt").read_text().splitlines() == row["commands"]

@@ -41,6 +41,8 @@ parse_args() {
 }
 
 # dataset_settings DATASET: data folder, label smoothing (LoRA paper Table 11), decode/score setup.
+# Beam search: 10 beams, length penalty 0.8 on every dataset, as in the microsoft/LoRA and NOLA README
+# commands (the LoRA paper's Table 11 lists 0.9 for E2E).
 dataset_settings() {
   case "$1" in
     e2e) DATA_DIR=data/e2e; LABEL_SMOOTH=0.1; DECODE_FLAGS=() ;;

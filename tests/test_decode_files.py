@@ -103,13 +103,14 @@ def test_cutting_padding_and_dart_layout(tmp_path, mirror, tok):
              ("a : p : b", "  Third ref.  "), ("c : q : d", "Only one.")]
     formatted.write_text("".join(json.dumps({"context": c, "completion": t}) + "\n" for c, t in lines))
     ids = lambda text: tok(text)["input_ids"]  # noqa: E731
-    preds = [ids(" x"), ids(" y"), ids(" Kept text") + [50256] + ids(" after eos"), ids(" No EOS at all  ")]
+    preds = [ids(" x"), ids(" y"), ids(" Kept text") + [50256] + ids(" after eos"), ids(" No EOS\nat\x0call  ")]
     samples = write_samples(tmp_path / "predict.jsonl", preds)
     run(mirror, samples, formatted, tmp_path / "refs", tmp_path / "pred.txt", "--ref_type", "dart", "--ref_num", "3")
     read = lambda name: (tmp_path / "refs" / name).read_text()  # noqa: E731
     assert [read(f"reference{i}") for i in range(3)] == [
         "First ref.\nOnly one.\n", "Second ref.\nOnly one.\n", "Third ref.\nOnly one.\n"]
-    # duplicates of a context take the last line's prediction, as the original
+    # duplicates of a context take the last line's prediction, as the original; line breaks
+    # inside a prediction become spaces (one line per context)
     assert (tmp_path / "pred.txt").read_text() == "Kept text\nNo EOS at all\n"
     run(mirror, samples, formatted, tmp_path / "refs", tmp_path / "pred.txt", "--ref_type", "dart", "--ref_num", "4",
         "--ref_pad", "empty")

@@ -28,6 +28,8 @@ EOS_TEXT = "<|endoftext|>"
 REF_TYPES = ("e2e", "webnlg", "dart")
 FILTERS = ("all", "seen", "unseen")
 PADS = ("first", "empty")
+# Everything str.splitlines() splits on: a scorer reading the files must see one line per text.
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def cut(text: str) -> str:
@@ -41,6 +43,9 @@ def word_tokenize(text: str) -> str:
 
 
 def post_process(text: str, tokenize: bool, lower: bool) -> str:
+    """``--lower``, then ``--tokenize``; any line break left inside becomes a space, so that every
+    text stays on its one line (the original wrote it as is and shifted the following lines)."""
+    text = _LINE_BREAKS.sub(" ", text)
     if lower:
         text = text.lower()
     if tokenize:

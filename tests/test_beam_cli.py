@@ -15,7 +15,7 @@ import torch
 
 import gpt2_beam
 import gpt2_decode
-from nola.beam import BeamSettings, beam_search
+from nola.beam import BeamSettings, add_beam_args, beam_search
 from nola.build import build_model
 from nola.checkpoint import save_adapter
 from nola.errors import UsageError
@@ -169,3 +169,16 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
     finally:
         shutil.move(moved, base)
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_flags_eos_ids_append_to_50256_and_defaults_follow_the_original():
+    parser = argparse.ArgumentParser()
+    add_beam_args(parser)
+    args = parser.parse_args(["--data", "x.jsonl", "--eos_token_id", "628"])
+    assert BeamSettings.from_args(args).eos_ids == (50256, 628)
+    plain = parser.parse_args(["--data", "x.jsonl"])
+    assert plain.eos_token_id == [50256]  # the default list was not mutated by the first parse
+    assert (plain.beam, plain.length_penalty, plain.no_repeat_ngram_size, plain.repetition_penalty,
+            plain.batch_size, plain.seq_len, plain.eval_len, plain.min_length) == (1, 1.0, 4, 1.0, 10, 512, 256, 0)
+    with pytest.raises(UsageError, match="--beam must be >= 1"):
+        gpt2_beam.main(["--data", "x.jsonl", "--beam", "0"])

@@ -103,14 +103,21 @@ def load(ref_path: str | os.PathLike, sys_path: str | os.PathLike) -> tuple[list
     return refs, outputs
 
 
-def score(refs: Sequence[Sequence[str]], outputs: Sequence[str]) -> dict[str, float]:
-    """BLEU, NIST, METEOR, ROUGE_L and CIDEr of ``outputs`` against ``refs`` (e2e-metrics numbers)."""
+def score(refs: Sequence[Sequence[str]], outputs: Sequence[str], meteor: Meteor | None = None) -> dict[str, float]:
+    """BLEU, NIST, METEOR, ROUGE_L and CIDEr of ``outputs`` against ``refs`` (e2e-metrics numbers).
+
+    ``meteor``: a running METEOR process to use (and leave running); by default one is started
+    first, so that the JVM loads its paraphrase table while the rest is computed, and ended.
+    """
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     if len(refs) != len(outputs) or any(not group for group in refs):
         raise ValueError("need one non-empty reference group per output")
-    with Meteor() as meteor:  # the JVM loads its paraphrase table while the rest is computed
+    own = meteor is None
+    if meteor is None:
+        meteor = Meteor()
+    try:
         bleu, nist = e2e_bleu_nist(outputs, refs)
         flat_refs = [ref for group in refs for ref in group]
         tokens = ptb_tokenize(flat_refs + list(outputs))
@@ -123,6 +130,9 @@ def score(refs: Sequence[Sequence[str]], outputs: Sequence[str]) -> dict[str, fl
         rouge, _ = Rouge().compute_score(gts, res)
         cider, _ = Cider().compute_score(gts, res)
         meteor_score, _ = meteor.score([res[i][0] for i in res], [gts[i] for i in res])
+    finally:
+        if own:
+            meteor.close()
     return {"BLEU": float(bleu), "NIST": float(nist), "METEOR": float(meteor_score),
             "ROUGE_L": float(rouge), "CIDEr": float(cider)}
 

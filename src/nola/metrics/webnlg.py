@@ -90,13 +90,20 @@ def _item_ter(hyp: str, refs: Sequence[str]) -> float:
     return min(ter(hyp.split(), ref.split()) if ref.split() else 1.0 for ref in dict.fromkeys(refs))
 
 
-def score(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: Sequence[str] = METRICS) -> dict[str, object]:
-    """GenerationEval's numbers: ``BLEU`` (0-100) with ``BLEU_line`` and ``BLEU_NLTK``, ``METEOR``, ``TER``."""
+def score(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: Sequence[str] = METRICS,
+          meteor: Meteor | None = None) -> dict[str, object]:
+    """GenerationEval's numbers: ``BLEU`` (0-100) with ``BLEU_line`` and ``BLEU_NLTK``, ``METEOR``, ``TER``.
+
+    ``meteor``: a running METEOR process to use (and leave running); by default one is started
+    first, so that the JVM loads while BLEU and TER are computed, and ended.
+    """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}")
     result: dict[str, object] = {}
-    meteor = Meteor() if "meteor" in metrics else None  # loads while BLEU and TER are computed
+    own = meteor is None and "meteor" in metrics
+    if own:
+        meteor = Meteor()
     try:
         tok_hyps = [word_tokenize(h) for h in hyps]
         tok_refs = [[word_tokenize(r) for r in group] for group in refs]
@@ -107,9 +114,10 @@ def score(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: Sequence[
             result["BLEU_NLTK"] = _bleu_nltk(tok_refs, tok_hyps)
         if "ter" in metrics:
             result["TER"] = sum(_item_ter(h, group) for h, group in zip(tok_hyps, tok_refs)) / len(tok_hyps)
-        if meteor is not None:
+        if "meteor" in metrics:
+            assert meteor is not None
             result["METEOR"] = meteor.score(tok_hyps, tok_refs)[0]
     finally:
-        if meteor is not None:
+        if own and meteor is not None:
             meteor.close()
     return result

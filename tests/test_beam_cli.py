@@ -152,6 +152,23 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
     with pytest.raises(UsageError, match="exceeds the model's 256 positions"):
         decode(root / "model.100.pt", "x.jsonl", "--seq_len", "400", "--eval_len", "250")
 
+    # microsoft/LoRA's own full state dict (no metadata, DDP prefix, untied head copy) with --lora_* flags
+    lora = ["--lora_dim", "2", "--lora_alpha", "16"]
+    built = build_model(model_args("--model_card", card, "--init_checkpoint", str(root / "base" / "pytorch_model.bin"),
+                                   *lora), torch.device("cpu"))
+    with torch.no_grad():
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    state = {"module." + k: v for k, v in built.model.state_dict().items()}
+    state["module.lm_head.decoder.weight"] = state["module.transformer.wte.weight"]
+    torch.save({"model_state_dict": state}, tmp_path / "lora_original.pt")
+    save_adapter(built.model, tmp_path / "lora_adapter.pt", built.base_path, built.base_sha256)
+    with_lora = decode(tmp_path / "lora_original.pt", "lora_a.jsonl", *lora)
+    assert with_lora == decode(tmp_path / "lora_adapter.pt", "lora_b.jsonl")
+    base_only = decode(root / "base" / "pytorch_model.bin", "base.jsonl")
+    assert with_lora != base_only and expected != base_only  # the adapters were applied
+
     moved = tmp_path / "moved" / "gpt2.bin"
     moved.parent.mkdir()
     base = root / "base" / "pytorch_model.bin"

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         built = build_model(args, ctx.device, hash_base=False)
         model = built.model.eval()
-        model.merge_adapters()
+        if built.model.nola is not None or built.model.lora_config is not None:
+            model.merge_adapters()
+            log.info("adapter merged into the base weights: decoding costs exactly the base model")
         dataset = FTDataset(args.data, args.seq_len, args.eval_len, vocab_size=model.config.vocab_size)
         predictions = predict_dataset(model, dataset, settings, args.batch_size, ctx)
         if predictions is not None:

@@ -1,7 +1,6 @@
-"""Both scorer CLIs on bad input: one ``error:`` line naming the problem, exit status 2.
-
-Every case fails while reading the inputs, before any JVM starts. The last test runs eval.py
-end to end on a small slice of the WebNLG fixture without METEOR.
+"""The scorer scripts: bad input gives one ``error:`` line naming the problem and exit status 2
+(every case fails while reading the inputs, before any JVM starts); eval.py end to end on a
+slice of the WebNLG fixture without METEOR; download_evalscript.sh on local repositories.
 """
 from __future__ import annotations
 

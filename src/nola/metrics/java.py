@@ -6,7 +6,8 @@
 * :class:`Meteor`: METEOR 1.5 (``-l en -norm``) in ``-stdio`` mode, with the command line and
   the ``SCORE``/``EVAL`` protocol of pycocoevalcap's ``Meteor`` class; one JVM for a whole corpus.
 
-Both JVMs get ``-Dfile.encoding=UTF-8`` so that non-ASCII text scores the same under any locale.
+Both JVMs get ``-Dfile.encoding=UTF-8``, so that how they read and write text does not depend on
+the locale.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
         return []
     with tempfile.TemporaryDirectory(prefix="nola-ptb-") as tmp:
         path = Path(tmp) / "sentences.txt"
-        path.write_text("".join(s.replace("\n", " ") + "\n" for s in sentences), encoding="utf-8")
+        # one sentence per line: any line break inside a sentence becomes a space
+        path.write_text("".join(" ".join(s.splitlines()) + "\n" for s in sentences), encoding="utf-8")
         cmd = [java(), _ENCODING, "-cp", str(CORENLP_JAR), "edu.stanford.nlp.process.PTBTokenizer",
                "-preserveLines", "-lowerCase", str(path)]
         proc = subprocess.run(cmd, capture_output=True)

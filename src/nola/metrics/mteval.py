@@ -68,8 +68,8 @@ def e2e_bleu_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[f
     Tokens are lower-cased after tokenisation. As in pymteval, the candidate n-gram count of a
     segment is ``len(tokens) - n + 1`` even when that is negative (outputs shorter than 4 tokens
     lower the BLEU denominators), and orders without hits are floored at 1e-15/1e-9 rather than
-    zeroing BLEU. Where pymteval would divide by zero (a corpus with no n-grams of some order
-    for NIST), that order adds nothing instead.
+    zeroing BLEU. Where pymteval would divide by zero (the n-gram counts of some order summing to
+    zero over the corpus, for NIST), that order adds nothing instead.
     """
     max_bleu, max_nist = 4, 5
     bleu_hits = [0] * max_bleu
@@ -118,7 +118,7 @@ def e2e_bleu_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[f
         gained = 0.0
         for hits in nist_hits[n]:
             gained += sum(info(gram) * count for gram, count in hits.items())
-        if nist_lens[n] > 0:
+        if nist_lens[n]:
             nist_sum += gained / nist_lens[n]
     nist = _nist_length_penalty(bleu_lens[0], avg_ref_len) * nist_sum
     return bleu, nist

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         built = build_model(args, ctx.device, hash_base=False)
         model = built.model.eval()
-        if built.model.nola is not None or built.model.lora_config is not None:
+        if model.nola is not None or model.lora_config is not None:
             model.merge_adapters()
             log.info("adapter merged into the base weights: decoding costs exactly the base model")
         dataset = FTDataset(args.data, args.seq_len, args.eval_len, vocab_size=model.config.vocab_size)

@@ -52,7 +52,9 @@ def test_adapter_round_trip_rebuilds_the_same_model(tmp_path, tiny_gpt2, flags):
         got = rebuilt.model.eval()(ids)[0]
     assert torch.allclose(expected, got, atol=1e-5)
     if "--qnola" in flags:
-        assert ckpt["tensors"]["nola.attn_q.alpha"]["codes"].dtype == torch.uint8
+        packed = ckpt["quantised"]
+        assert ckpt["tensors"] == {} and packed["bits"] == 3 and packed["scale"].shape == (4 * 2,)
+        assert packed["codes"].dtype == torch.uint8 and packed["codes"].numel() == (4 * 2 * 50 * 3 + 7) // 8
         assert torch.allclose(rebuilt.model.nola.attn_q.alpha, fake_quant(built.model.nola.attn_q.alpha, 3), atol=1e-7)
     if "--nola_rank" in flags:
         assert ckpt["config"]["seed"] == 7 and len(ckpt["seeds"]["attn_q"]["A"]) == 1

@@ -114,22 +114,30 @@ def _adapter_meta(model: GPT2LMModel, base_path: str | None, base_sha256: str | 
     return meta
 
 
-def _encode(name: str, tensor: torch.Tensor, qbits: int | None) -> object:
-    if qbits is None or not name.startswith("nola."):
-        return tensor.detach().cpu().clone()
-    codes, scale = quantize(tensor.detach().float().cpu(), qbits)
-    return {"codes": pack_codes(codes, qbits), "scale": scale, "shape": list(tensor.shape), "bits": qbits}
+def _pack(state: dict[str, torch.Tensor], qbits: int) -> dict:
+    """All quantised coefficient matrices as one b-bit code stream and one float32 scale vector
+    (one scale per row), so the file holds two small tensors whatever the number of layers."""
+    names, shapes, codes, scales = [], [], [], []
+    for name, tensor in state.items():
+        q, scale = quantize(tensor.detach().float().cpu(), qbits)
+        names.append(name)
+        shapes.append(list(tensor.shape))
+        codes.append(q.reshape(-1))
+        scales.append(scale.reshape(-1))
+    return {"names": names, "shapes": shapes, "bits": qbits,
+            "codes": pack_codes(torch.cat(codes), qbits), "scale": torch.cat(scales)}
 
 
-def _decode(value: object) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    shape, bits = value["shape"], value["bits"]
-    numel = 1
-    for n in shape:
-        numel *= n
-    codes = unpack_codes(value["codes"], bits, numel).view(*shape)
-    return dequantize(codes, value["scale"], bits)
+def _unpack(packed: dict) -> dict[str, torch.Tensor]:
+    shapes = [torch.Size(s) for s in packed["shapes"]]
+    codes = unpack_codes(packed["codes"], packed["bits"], sum(s.numel() for s in shapes))
+    out, at, row = {}, 0, 0
+    for name, shape in zip(packed["names"], shapes):
+        rows = shape[:-1].numel()
+        block = codes[at : at + shape.numel()].view(shape)
+        out[name] = dequantize(block, packed["scale"][row : row + rows].view(shape[:-1]), packed["bits"])
+        at, row = at + shape.numel(), row + rows
+    return out
 
 
 def save_adapter(model: GPT2LMModel, path: str | os.PathLike, base_path: str | None = None,
@@ -140,13 +148,16 @@ def save_adapter(model: GPT2LMModel, path: str | os.PathLike, base_path: str | N
     if full:
         meta["model_state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     else:
-        meta["tensors"] = {k: _encode(k, v, qbits) for k, v in model.adapter_state().items()}
-    return atomic_torch_save(meta, path)
+        state = model.adapter_state()
+        meta["tensors"] = {k: v.detach().cpu().clone() for k, v in state.items() if qbits is None}
+        if qbits is not None:
+            meta["quantised"] = _pack(state, qbits)
+    return atomic_torch_save(meta, path, compact=not full)
 
 
 def adapter_tensors(ckpt: dict) -> dict[str, torch.Tensor]:
     """The adapter tensors of an adapter file, dequantised to float."""
-    return {name: _decode(value) for name, value in ckpt["tensors"].items()}
+    return {**ckpt["tensors"], **(_unpack(ckpt["quantised"]) if "quantised" in ckpt else {})}
 
 
 def load_adapter_tensors(model: GPT2LMModel, tensors: dict[str, torch.Tensor], source: str) -> None:

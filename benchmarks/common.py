@@ -56,6 +56,23 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
     return statistics.median(times)
 
 
+def interleaved_seconds(systems: dict[str, Callable[[], object]], rounds: int,
+                        device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """Median time of each system over ``rounds``, the systems taking turns within every round so
+    that a slow spell of the machine hits them all alike; one untimed warm-up run each."""
+    for fn in systems.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name, fn in systems.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak CUDA allocation on GPU, else this process's peak resident set size."""
     if device.type == "cuda":

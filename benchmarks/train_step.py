@@ -20,7 +20,7 @@ import sys
 
 import torch
 import torch.utils.checkpoint as ckpt
-from common import ROOT, median_seconds, peak_memory_bytes, print_table, save_results
+from common import ROOT, interleaved_seconds, median_seconds, peak_memory_bytes, print_table, save_results
 
 from nola.layers import LoRAConfig, NOLAConfig, NOLAGroup, apply_delta
 from nola.model import GPT2Config, GPT2LMModel, lm_loss
@@ -101,7 +101,6 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
     x = torch.randn(batch, seq, d, device=device)
     weight = torch.randn(d, d, device=device) / math.sqrt(d)
     rows = []
-
     lora_a = torch.nn.Parameter(torch.randn(4, d, device=device) / math.sqrt(d))
     lora_b = torch.nn.Parameter(torch.zeros(d, 4, device=device))
 
@@ -109,7 +108,7 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
         y = x @ weight + (x @ lora_a.t()) @ lora_b.t() * 8.0
         y.square().mean().backward()
 
-    rows.append({"name": "LoRA r=4", "view": "projection", "seconds": median_seconds(lora, repeats, device=device)})
+    projection = {"LoRA r=4": lora}
     for name, settings in NOLA_VARIANTS + [("official-style k=1024", dict(num_basis=1024, mode="onthefly"))]:
         cls = OfficialStyleGroup if name.startswith("official") else NOLAGroup
         group = cls("attn_q", 1, d, d, NOLAConfig(rank=8, qv=True, **settings)).to(device)
@@ -119,7 +118,9 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
             y = x @ weight + apply_delta(x, (a[0], b[0]))
             y.square().mean().backward()
 
-        rows.append({"name": name, "view": "projection", "seconds": median_seconds(nola, repeats, device=device)})
+        projection[name] = nola
+    for name, sec in interleaved_seconds(projection, repeats, device).items():
+        rows.append({"name": name, "view": "projection", "seconds": sec})
 
     layers = 24
     group = NOLAGroup("attn_q", layers, d, d, NOLAConfig(rank=8, num_basis=1000, qv=True)).to(device)
@@ -131,10 +132,9 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
     def per_layer() -> None:
         sum((group.alpha[i] @ group.basis_a * grad[i]).sum() for i in range(layers)).backward()
 
-    rows.append({"name": "mix 24 layers, one product", "view": "mixing",
-                 "seconds": median_seconds(grouped, repeats, device=device)})
-    rows.append({"name": "mix 24 layers, layer by layer", "view": "mixing",
-                 "seconds": median_seconds(per_layer, repeats, device=device)})
+    mixing = {"mix 24 layers, one product": grouped, "mix 24 layers, layer by layer": per_layer}
+    for name, sec in interleaved_seconds(mixing, repeats, device).items():
+        rows.append({"name": name, "view": "mixing", "seconds": sec})
     return rows
 
 

@@ -92,7 +92,8 @@ def test_microsoft_flag_spellings_and_default_max_step():
 
 def test_joint_lm_mask_covers_context_and_completion(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"context": [5, 6, 7], "completion": [8, 9]}\n{"context": [1, 2, 3, 4, 5, 6], "completion": [7, 8, 9]}\n')
+    path.write_text('{"context": [5, 6, 7], "completion": [8, 9]}\n'
+                    '{"context": [1, 2, 3, 4, 5, 6], "completion": [7, 8, 9]}\n')
     ds = FTDataset(path, seq_len=8)
     clm, jlm = ds[0]["mask"].tolist(), JointLM(ds)[0]["mask"].tolist()
     # targets 6 7 8 9 0 ...: clm scores only 8 and 9; jlm every real target.

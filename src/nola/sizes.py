@@ -50,6 +50,8 @@ def paper_sizes(card: str = "gpt2.md") -> list[tuple[str, int, int]]:
         ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000)),
         ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qbits=4)),
         ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qbits=3)),
+        ("NOLA r=8 k=l=375 fp32", NOLAConfig(rank=8, num_basis=375)),
+        ("NOLA r=8 k=l=375 3-bit", NOLAConfig(rank=8, num_basis=375, qbits=3)),
         ("LoRA r=4 fp32", LoRAConfig(dim=4, alpha=32.0)),
         ("LoRA r=1 fp32", LoRAConfig(dim=1, alpha=32.0)),
     ]

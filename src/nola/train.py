@@ -71,8 +71,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--eval_interval", type=int, default=2000, help="steps per validation")
     o.add_argument("--eval_epoch", type=int, default=1, help="validate at the end of every N-th epoch")
     o.add_argument("--save_interval", type=int, default=500, help="steps per checkpoint")
-    o.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"),
-                   help="folder for model.<step>.pt, resume.pt and log.jsonl")
+    o.add_argument("--work_dir", default=None,
+                   help="folder for model.<step>.pt, resume.pt and log.jsonl (default: the --resume "
+                        "folder, else $PT_OUTPUT_DIR, else gpt2_model)")
     o.add_argument("--save_full", action="store_true",
                    help="checkpoints hold the full state dict (as the original code), not just the adapter")
     o.add_argument("--resume", default=None, metavar="WORK_DIR",
@@ -173,7 +174,7 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.model, args)
         self.full = args.save_full or adapter_kind(self.model) is None
-        self.step, self.position, self.best_ppl = 0, (1, 0), None
+        self.step, self.position, self.best_ppl, self.rng = 0, (1, 0), None, None
         if resume is not None:
             self._restore(resume)
         self.net = self.model
@@ -197,7 +198,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_ppl = state["step"], state["best_ppl"]
         self.position = (state["epoch"], state["batch"])
-        set_rng_state(state["rng"][self.ctx.rank], self.device)
+        self.rng = state["rng"][self.ctx.rank]
 
     def _resume_state(self, epoch: int, batch: int, rngs: list) -> dict:
         cfg = self.model.nola_config or self.model.lora_config
@@ -287,6 +288,8 @@ class Trainer:
         if self.step >= self.max_step:
             log.info("step %d already reaches max_step %d: nothing to train", self.step, self.max_step)
             return
+        if self.rng is not None:
+            set_rng_state(self.rng, self.device)
         self.model.train()
         interactive = self.ctx.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.max_step, initial=self.step, disable=not interactive, dynamic_ncols=True)
@@ -296,7 +299,7 @@ class Trainer:
     def _epochs(self, bar: tqdm) -> None:
         args = self.args
         epoch, skip = self.position
-        meter, lr, tick = [0.0, 0], 0.0, time.perf_counter()
+        meter, tick = [0.0, 0], time.perf_counter()
         while args.max_epoch is None or epoch <= args.max_epoch:
             self.loader.sampler.set_epoch(epoch)
             done = False
@@ -318,7 +321,8 @@ class Trainer:
                 if not done and self.step % args.eval_interval == 0:
                     self.validate()
                 if halt and not done:
-                    log.info("stopped at step %d (--stop_at_step); continue with --resume %s", self.step, self.work_dir)
+                    log.info("stopped at step %d (--stop_at_step); continue with --resume %s", self.step,
+                             self.work_dir)
                     return
                 if done:
                     break
@@ -337,8 +341,8 @@ class Trainer:
         avg = (sums[0] / sums[1]).item()
         ms = elapsed * 1000 / meter[1]
         ppl = math.exp(min(avg, 700.0))
-        log.info("| epoch %3d step %8d | %6d batches | lr %.3g | ms/batch %7.2f | loss %6.3f | avg loss %6.3f | ppl %9.3f",
-                 epoch, self.step, batches, lr, ms, loss, avg, ppl)
+        log.info("| epoch %3d step %8d | %6d batches | lr %.3g | ms/batch %7.2f | loss %6.3f | avg loss %6.3f "
+                 "| ppl %9.3f", epoch, self.step, batches, lr, ms, loss, avg, ppl)
         self._row(step=self.step, split="train", lr=lr, loss=loss, avg_loss=avg, ppl=ppl, ms_per_batch=ms)
 
 
@@ -369,6 +373,8 @@ def train(args: argparse.Namespace) -> None:
     resume = load_resume(args.resume) if args.resume else None
     if resume is not None:
         adopt_resume_flags(args, resume)
+    if args.work_dir is None:
+        args.work_dir = str(resume_path(args.resume).parent) if resume else os.getenv("PT_OUTPUT_DIR", "gpt2_model")
     check_args(args)
     ctx = init_distributed(args)
     try:

@@ -9,30 +9,13 @@ from __future__ import annotations
 
 from common import print_table, save_results
 
-from nola.layers import LoRAConfig, NOLAConfig
-from nola.model import GPT2Config
-from nola.sizes import PAPER_BASE, _CARD_SIZE, adapter_file_bytes
-
-SETTINGS = [
-    ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000)),
-    ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qbits=4)),
-    ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qbits=3)),
-    ("NOLA r=8 k=l=500 fp32", NOLAConfig(rank=8, num_basis=500)),
-    ("NOLA r=8 k=l=500 3-bit", NOLAConfig(rank=8, num_basis=500, qbits=3)),
-    ("NOLA r=8 k=l=375 3-bit", NOLAConfig(rank=8, num_basis=375, qbits=3)),
-    ("LoRA r=4 fp32", LoRAConfig(dim=4, alpha=32.0)),
-    ("LoRA r=1 fp32", LoRAConfig(dim=1, alpha=32.0)),
-]
+from nola.sizes import CARDS, paper_sizes
 
 
 def main() -> None:
-    rows = []
-    for card, size_name in _CARD_SIZE.items():
-        cfg = GPT2Config.from_card(card)
-        for name, adapter in SETTINGS:
-            size, params = adapter_file_bytes(cfg, adapter, PAPER_BASE.format(size=size_name))
-            rows.append({"card": card, "adapter": name, "params": params, "bytes": size})
-    for card in _CARD_SIZE:
+    rows = [{"card": card, "adapter": name, "params": params, "bytes": size}
+            for card in CARDS for name, params, size in paper_sizes(card)]
+    for card in CARDS:
         lora4 = next(r["bytes"] for r in rows if r["card"] == card and r["adapter"] == "LoRA r=4 fp32")
         print_table(f"Adapter file size, {card}, q and v", ["adapter", "trainable params", "bytes", "KB", "/ LoRA r=4"],
                     [[r["adapter"], r["params"], r["bytes"], r["bytes"] / 1024, r["bytes"] / lora4]

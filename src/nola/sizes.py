@@ -42,28 +42,35 @@ def adapter_file_bytes(cfg: GPT2Config, adapter: NOLAConfig | LoRAConfig, base_p
     return size, count_trainable(model)
 
 
+PAPER_SETTINGS = [
+    ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000)),
+    ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qbits=4)),
+    ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qbits=3)),
+    ("NOLA r=8 k=l=500 fp32", NOLAConfig(rank=8, num_basis=500)),
+    ("NOLA r=8 k=l=500 3-bit", NOLAConfig(rank=8, num_basis=500, qbits=3)),
+    ("NOLA r=8 k=l=375 fp32", NOLAConfig(rank=8, num_basis=375)),
+    ("NOLA r=8 k=l=375 3-bit", NOLAConfig(rank=8, num_basis=375, qbits=3)),
+    ("LoRA r=4 fp32", LoRAConfig(dim=4, alpha=32.0)),
+    ("LoRA r=1 fp32", LoRAConfig(dim=1, alpha=32.0)),
+]
+
+
 def paper_sizes(card: str = "gpt2.md") -> list[tuple[str, int, int]]:
     """(setting, trainable parameters, file bytes) on q and v at the papers' settings."""
     cfg = GPT2Config.from_card(card)
     base = PAPER_BASE.format(size=_CARD_SIZE.get(card, card))
-    settings = [
-        ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000)),
-        ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qbits=4)),
-        ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qbits=3)),
-        ("NOLA r=8 k=l=375 fp32", NOLAConfig(rank=8, num_basis=375)),
-        ("NOLA r=8 k=l=375 3-bit", NOLAConfig(rank=8, num_basis=375, qbits=3)),
-        ("LoRA r=4 fp32", LoRAConfig(dim=4, alpha=32.0)),
-        ("LoRA r=1 fp32", LoRAConfig(dim=1, alpha=32.0)),
-    ]
     rows = []
-    for name, adapter in settings:
+    for name, adapter in PAPER_SETTINGS:
         size, params = adapter_file_bytes(cfg, adapter, base)
         rows.append((name, params, size))
     return rows
 
 
+CARDS = tuple(_CARD_SIZE)
+
+
 def main() -> None:
-    for card in _CARD_SIZE:
+    for card in CARDS:
         for name, params, size in paper_sizes(card):
             print(f"{card}  {name:<26} {params:>9,} params  {size:>10,} bytes  {size / 1024:9.1f} KB")
 

@@ -36,6 +36,8 @@ def main() -> None:
             raise SystemExit(f"{script} failed:\n{out.stderr[-3000:]}")
         print(out.stdout, flush=True)
         tables = "\n".join(line for line in out.stdout.splitlines() if line.startswith(("###", "|")) or not line)
+        if not tables.strip():
+            tables = out.stdout
         sections.append(f"#### `{' '.join(Path(c).name if c.endswith('.py') else c for c in cmd[1:])}` "
                         f"({time.perf_counter() - t0:.0f} s)\n\n{tables.strip()}\n")
     sections.append(f"Total: {time.perf_counter() - start:.0f} s.")

@@ -2,9 +2,9 @@
 
 A basis is a tensor of shape ``(k, n)`` (k basis matrices, each flattened to n numbers) drawn
 i.i.d. uniform on ``[-bound, bound)``. Element ``j`` of the flattened tensor is a pure function of
-``(seed, j)``: a counter-based hash computed with 64-bit integer tensor ops that never overflow, so
-any slice of rows can be regenerated on its own, on CPU or CUDA, without touching the global torch
-RNG. The uniform value is ``(2·m·2⁻²⁴ − 1)·bound`` with m the top 24 bits of the hash; every step is
+``(seed, j)``: a counter-based hash (two rounds of a 32-bit finaliser) computed with 64-bit integer
+tensor ops that never overflow, so any slice of rows can be regenerated on its own, on CPU or CUDA,
+without touching the global torch RNG. The uniform value is ``(2·m·2⁻²⁴ − 1)·bound`` with m the top 24 bits of the hash; every step is
 exact in float32 except the final multiplication, which rounds identically everywhere.
 """
 from __future__ import annotations
@@ -14,34 +14,28 @@ import struct
 import torch
 
 _MASK32 = 0xFFFFFFFF
-_MUL1 = 0x7FEB352D
-_MUL2 = 0x846CA68B
+# An xor-shift / multiply finaliser with both multipliers below 2³¹, so that (x < 2³²) · c < 2⁶³
+# never overflows int64 and one multiply + mask gives the product mod 2³².
+_ROUNDS = ((16, 0x21F0AAAD), (15, 0x735A2D97), (15, None))
 _GOLDEN = 0x9E3779B9
 
 
-def _mul32_(x: torch.Tensor, c: int, tmp: torch.Tensor) -> None:
-    """In place: x = (x · c) mod 2³², for int64 x in [0, 2³²); 16-bit halves keep products < 2⁴⁹."""
-    torch.mul(x, c >> 16, out=tmp)
-    tmp.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
-    x.mul_(c & 0xFFFF).add_(tmp).bitwise_and_(_MASK32)
-
-
 def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> None:
-    """In place: a 32-bit integer finaliser (xor-shift / multiply rounds) on an int64 tensor."""
-    for shift, mul in ((16, _MUL1), (15, _MUL2), (16, None)):
+    """In place: the 32-bit finaliser on an int64 tensor holding values in [0, 2³²)."""
+    for shift, mul in _ROUNDS:
         torch.bitwise_right_shift(x, shift, out=tmp)
         x.bitwise_xor_(tmp)
         if mul is not None:
-            _mul32_(x, mul, tmp)
+            x.mul_(mul).bitwise_and_(_MASK32)
 
 
 def _hash32(x: int) -> int:
     """The same finaliser on a Python integer in [0, 2³²)."""
-    x ^= x >> 16
-    x = (x * _MUL1) & _MASK32
-    x ^= x >> 15
-    x = (x * _MUL2) & _MASK32
-    return x ^ (x >> 16)
+    for shift, mul in _ROUNDS:
+        x ^= x >> shift
+        if mul is not None:
+            x = (x * mul) & _MASK32
+    return x
 
 
 def _keys(seed: int) -> tuple[int, int]:

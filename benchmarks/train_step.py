@@ -142,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 layers, sequence 64, 2 timed steps")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--cards", default="gpt2.sm,gpt2.md", help="model shapes for the whole-model view")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the whole-model rows")
+    parser.add_argument("--skip_projection", action="store_true", help="only the whole-model view")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -154,17 +157,21 @@ def main() -> None:
     batch = 8
     repeats = 2 if args.quick else 5
 
-    proj = projection_rows(device, seq, repeats)
-    lora_proj = proj[0]["seconds"]
-    print_table(f"One 1024x1024 projection, batch {batch} x seq {seq}, forward + backward ({device.type})",
-                ["adapter", "ms", "x LoRA r=4"],
-                [[r["name"], r["seconds"] * 1e3, r["seconds"] / lora_proj] for r in proj if r["view"] == "projection"])
-    print_table("Mixing one role for 24 layers (k=1000, r=8, d=1024), forward + backward",
-                ["method", "ms"], [[r["name"], r["seconds"] * 1e3] for r in proj if r["view"] == "mixing"])
+    proj = [] if args.skip_projection else projection_rows(device, seq, repeats)
+    if proj:
+        lora_proj = proj[0]["seconds"]
+        print_table(f"One 1024x1024 projection, batch {batch} x seq {seq}, forward + backward ({device.type})",
+                    ["adapter", "ms", "x LoRA r=4"],
+                    [[r["name"], r["seconds"] * 1e3, r["seconds"] / lora_proj] for r in proj if r["view"] == "projection"])
+        print_table("Mixing one role for 24 layers (k=1000, r=8, d=1024), forward + backward",
+                    ["method", "ms"], [[r["name"], r["seconds"] * 1e3] for r in proj if r["view"] == "mixing"])
 
     whole = []
     variants = ["none", "LoRA r=4"] + [n for n, _ in NOLA_VARIANTS] + ["official-style k=1024"]
-    for card in ("gpt2.sm", "gpt2.md"):
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",")]
+    cards = args.cards.split(",")
+    for card in cards:
         cfg = GPT2Config.from_card(card).to_dict()
         if args.quick:
             cfg["n_layer"] = 4
@@ -178,13 +185,14 @@ def main() -> None:
             row = {"card": card, "layers": cfg["n_layer"], "variant": variant, **json.loads(out.stdout.strip().splitlines()[-1])}
             whole.append(row)
             print(f"  {card} x{cfg['n_layer']} layers  {variant:34s} {row['seconds']:.3f} s", flush=True)
-    for card in ("gpt2.sm", "gpt2.md"):
+    for card in cards:
         rows = [r for r in whole if r["card"] == card]
         lora = next(r["seconds"] for r in rows if r["variant"] == "LoRA r=4")
         print_table(f"Whole model {card} ({rows[0]['layers']} layers), batch {batch} x seq {seq}, one step ({device.type})",
                     ["adapter", "trainable", "s/step", "x LoRA r=4", "peak MiB"],
                     [[r["variant"], r["trainable"], r["seconds"], r["seconds"] / lora, r["peak_bytes"] / 2**20] for r in rows])
-    path = save_results("train_step" + ("_quick" if args.quick else "") + ("_cuda" if on_gpu else ""),
+    subset = "" if args.variants is None and not args.skip_projection else "_subset"
+    path = save_results("train_step" + ("_quick" if args.quick else "") + subset + ("_cuda" if on_gpu else ""),
                         {"batch": batch, "seq": seq, "projection": proj, "whole_model": whole})
     print(f"wrote {path}")
 

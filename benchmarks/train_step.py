@@ -140,9 +140,10 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers, sequence 64, 2 timed steps")
+    parser.add_argument("--quick", action="store_true", help="GPT-2 M shape with 4 layers, sequence 64, 2 timed steps")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--cards", default="gpt2.sm,gpt2.md", help="model shapes for the whole-model view")
+    parser.add_argument("--cards", default=None,
+                        help="model shapes for the whole-model view (default gpt2.sm,gpt2.md; --quick: gpt2.md)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the whole-model rows")
     parser.add_argument("--skip_projection", action="store_true", help="only the whole-model view")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -170,7 +171,7 @@ def main() -> None:
     variants = ["none", "LoRA r=4"] + [n for n, _ in NOLA_VARIANTS] + ["official-style k=1024"]
     if args.variants:
         variants = [v.strip() for v in args.variants.split(",")]
-    cards = args.cards.split(",")
+    cards = (args.cards or ("gpt2.md" if args.quick else "gpt2.sm,gpt2.md")).split(",")
     for card in cards:
         cfg = GPT2Config.from_card(card).to_dict()
         if args.quick:

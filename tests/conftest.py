@@ -43,3 +43,14 @@ def e2e_data(tmp_path_factory, mirror) -> Path:
         convert("e2e", mirror / "data" / "e2e" / f"{split}.txt", out / f"{split}_formatted.jsonl")
         encode_file(out / f"{split}_formatted.jsonl", out / f"{split}.jsonl", mirror / "vocab")
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and a shared CPU makes them slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

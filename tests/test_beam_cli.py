@@ -25,13 +25,7 @@ NOLA = ["--nola_rank", "4", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", 
 EVAL_LEN = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a shared CPU makes them slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_args(*argv: str) -> argparse.Namespace:

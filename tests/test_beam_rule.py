@@ -21,13 +21,7 @@ VOCAB = 40
 EOS = (3, 7)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a shared CPU makes them slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(seed: int = 1) -> GPT2LMModel:

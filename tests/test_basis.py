@@ -84,3 +84,16 @@ def test_uniform_distribution_and_bound():
     assert abs(torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1].item()) < 0.01
     seeds = {basis_seed(0, r, f, layer) for r in ("attn_q", "attn_v") for f in "AB" for layer in (None, 0, 1)}
     assert len(seeds) == 12
+
+
+def test_cpu_generator_equals_the_tensor_generator():
+    # The CPU path (numpy uint32, in blocks) and the int64 tensor path used on CUDA must agree bit
+    # for bit; the tensor path runs here on CPU (and on "meta" for shapes).
+    from nola.basis import _CPU_BLOCK, _keys, _uniform_numpy, _uniform_torch
+
+    for seed, first, last, bound in ((0, 0, 1000, 0.5), (1234, 5, _CPU_BLOCK + 17, 0.031),
+                                     (2**63 + 5, 3 * _CPU_BLOCK - 9, 3 * _CPU_BLOCK + 9, 1e-3)):
+        k1, k2 = _keys(seed)
+        fast = torch.from_numpy(_uniform_numpy(k1, k2, first, last, bound))
+        assert torch.equal(fast, _uniform_torch(k1, k2, first, last, bound, "cpu"))
+    assert uniform_rows(1, 4, 6, 0.5, device="meta").shape == (4, 6)

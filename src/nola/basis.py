@@ -4,13 +4,16 @@ A basis is a tensor of shape ``(k, n)`` (k basis matrices, each flattened to n n
 i.i.d. uniform on ``[-bound, bound)``. Element ``j`` of the flattened tensor is a pure function of
 ``(seed, j)``: a counter-based hash (two rounds of a 32-bit finaliser) computed with 64-bit integer
 tensor ops that never overflow, so any slice of rows can be regenerated on its own, on CPU or CUDA,
-without touching the global torch RNG. The uniform value is ``(2·m·2⁻²⁴ − 1)·bound`` with m the top 24 bits of the hash; every step is
-exact in float32 except the final multiplication, which rounds identically everywhere.
+without touching the global torch RNG. The uniform value is ``(m·2⁻²³ − 1)·bound`` with m the top
+24 bits of the hash; every step is exact in float32 except the final multiplication, which rounds
+identically everywhere. CPU and CUDA compute the same function by different routes (numpy
+``uint32`` blocks on CPU, int64 tensor ops elsewhere); a test holds them equal bit for bit.
 """
 from __future__ import annotations
 
 import struct
 
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -47,6 +50,43 @@ def _keys(seed: int) -> tuple[int, int]:
     return key1, key2
 
 
+_CPU_BLOCK = 1 << 17  # elements per cache-sized block of the CPU generator
+
+
+def _uniform_torch(key1: int, key2: int, first: int, last: int, bound32: float, device) -> torch.Tensor:
+    """Elements ``first:last`` with int64 tensor ops (any device; used on CUDA)."""
+    h = torch.arange(first, last, dtype=torch.int64, device=device)
+    tmp = torch.empty_like(h)
+    h.add_(key1).bitwise_and_(_MASK32)
+    _hash32_(h, tmp)
+    h.bitwise_xor_(key2)
+    _hash32_(h, tmp)
+    del tmp
+    return h.bitwise_right_shift_(8).to(torch.float32).mul_(2.0**-23).sub_(1.0).mul_(bound32)
+
+
+def _uniform_numpy(key1: int, key2: int, first: int, last: int, bound32: float) -> np.ndarray:
+    """The same elements with numpy ``uint32`` arithmetic (wrap-around is defined for unsigned
+    integers), block by block so the work stays in cache: about 10x faster on CPU."""
+    out = np.empty(last - first, dtype=np.float32)
+    for lo in range(first, last, _CPU_BLOCK):
+        hi = min(lo + _CPU_BLOCK, last)
+        h = np.arange(lo, hi, dtype=np.uint32)
+        h += np.uint32(key1)
+        for key in (key2, None):
+            for shift, mul in _ROUNDS:
+                h ^= h >> np.uint32(shift)
+                if mul is not None:
+                    h *= np.uint32(mul)
+            if key is not None:
+                h ^= np.uint32(key)
+        block = out[lo - first : hi - first]
+        np.multiply((h >> np.uint32(8)).astype(np.float32), np.float32(2.0**-23), out=block)
+        block -= np.float32(1.0)
+        block *= np.float32(bound32)
+    return out
+
+
 def uniform_rows(
     seed: int,
     num_rows: int,
@@ -64,16 +104,12 @@ def uniform_rows(
     if num_rows * row_size >= 1 << 32:
         raise ValueError(f"basis of {num_rows}x{row_size} exceeds the 2**32 elements a stream holds")
     key1, key2 = _keys(seed)
-    h = torch.arange(start * row_size, stop * row_size, dtype=torch.int64, device=device)
-    tmp = torch.empty_like(h)
-    h.add_(key1).bitwise_and_(_MASK32)
-    _hash32_(h, tmp)
-    h.bitwise_xor_(key2)
-    _hash32_(h, tmp)
-    del tmp
-    unit = h.bitwise_right_shift_(8).to(torch.float32).mul_(2.0**-24)
     bound32 = struct.unpack("f", struct.pack("f", bound))[0]  # the bound rounded to float32
-    values = unit.mul_(2.0).sub_(1.0).mul_(bound32)
+    first, last = start * row_size, stop * row_size
+    if torch.device(device if device is not None else "cpu").type == "cpu":
+        values = torch.from_numpy(_uniform_numpy(key1, key2, first, last, bound32))
+    else:
+        values = _uniform_torch(key1, key2, first, last, bound32, device)
     return values.view(stop - start, row_size).to(dtype)
 
 

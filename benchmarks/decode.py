@@ -88,7 +88,7 @@ def main() -> None:
 
     systems = {name: (lambda m=model: decode_contexts(m, queries, settings, batch)) for name, model in models.items()}
     systems["transformers generate (merged weights)"] = hf_generate
-    times = interleaved_seconds(systems, rounds=3, device=device)
+    times = interleaved_seconds(systems, rounds=5 if args.quick else 3, device=device)
     rows = [{"system": name, "seconds": sec, "tokens_per_s": tokens / sec} for name, sec in times.items()]
     ref = rows[0]["tokens_per_s"]
     hf_tps = rows[-1]["tokens_per_s"]

@@ -18,7 +18,7 @@ METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 
 def collect(run_dir: Path) -> dict:
-    scores = json.loads((run_dir / "scores.json").read_text())
+    scores = json.loads((run_dir / "scores.json").read_text())["scores"]
     row = {"scores": {m: scores[m] for m in METRICS}, "params": 0, "adapter_bytes": None,
            "train_seconds": int((run_dir / "train_seconds.txt").read_text()), "valid": []}
     log = run_dir / "train.log"

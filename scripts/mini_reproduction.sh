@@ -6,7 +6,7 @@
 #      with: no adaptation, LoRA r=4, LoRA r=1, NOLA r=8 with fewer parameters than LoRA r=1, and
 #      3-bit quantised NOLA; decode the 630 E2E test MRs (beam 10) and score with the official metrics;
 #  (c) write results/mini_e2e.md (+ .json) and results/mini_e2e.png (validation loss vs step).
-# Usage: bash scripts/mini_reproduction.sh   (work files under ./mini_run or $MINI_DIR; about 45 min on 2 cores)
+# Usage: bash scripts/mini_reproduction.sh   (work files under ./mini_run or $MINI_DIR; about 1 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)

@@ -66,5 +66,5 @@ echo "== demo finished in $((SECONDS - start)) s"
 grep -h "trainable parameters" "$out/logs/"*-train.log | tail -n 1 | sed 's/^.*| //'
 echo "adapter file: $ckpt ($(stat -c %s "$ckpt") bytes)"
 sed -n '/SCORES/,$p' "$out/logs/$total-score.log"
-echo "(a random 2-layer base model adapted with ~6k coefficients: the scores show the chain works, not quality;"
+echo "(a random 2-layer base model: the scores show that the chain works, not quality;"
 echo " see results/mini_e2e.md for a measured miniature reproduction)"

@@ -109,7 +109,7 @@ class _MixOnTheFly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        seeds, num_rows = ctx.meta[0], ctx.meta[1]
+        num_rows = ctx.meta[1]
         grad_coeff = torch.empty(grad.shape[0], num_rows, dtype=grad.dtype, device=grad.device)
         for layer, start, stop, rows in _chunks(ctx.meta, grad.device, grad.dtype):
             if layer is None:
@@ -156,19 +156,13 @@ class NOLAGroup(nn.Module):
             return self.seeds_a, self.num_basis, self.d_in * self.rank, self.bound_a
         return self.seeds_b, self.num_basis, self.rank * self.d_out, self.bound_b
 
-    def materialise(self, device: torch.device | str | None = None) -> None:
+    def materialise(self) -> None:
         """Generate and keep the bases (shared: ``(k, n)``; one seed per layer: ``(L, k, n)``)."""
-        device = device if device is not None else self.alpha.device
+        device = self.alpha.device
         for factor, name in (("A", "basis_a"), ("B", "basis_b")):
             seeds, k, n, bound = self._factor_meta(factor)
             bases = [uniform_rows(s, k, n, bound, device=device, dtype=self.basis_dtype) for s in seeds]
             setattr(self, name, bases[0] if len(bases) == 1 else torch.stack(bases))
-        self.mode = "materialised"
-
-    def release(self) -> None:
-        """Drop the stored bases and switch to on-the-fly regeneration."""
-        self.basis_a = self.basis_b = None
-        self.mode = "onthefly"
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """α and β as the forward pass uses them (quantised when ``qbits`` is set)."""

@@ -61,7 +61,7 @@ def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]
     return {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
 
 
-def nola_given(args: argparse.Namespace) -> dict[str, object]:
+def _nola_given(args: argparse.Namespace) -> dict[str, object]:
     given = _given(args, NOLA_FLAGS)
     if args.qnola:
         given["qbits"] = given.get("qbits", 3)
@@ -74,7 +74,7 @@ def resolve_adapter(args: argparse.Namespace, device_type: str,
                     recorded: NOLAConfig | LoRAConfig | None = None) -> NOLAConfig | LoRAConfig | None:
     """The adapter to build: the checkpoint's (``recorded``) checked against the given flags, or
     one built from the flags. Contradictions and NOLA+LoRA together are errors."""
-    nola = nola_given(args)
+    nola = _nola_given(args)
     lora = _given(args, LORA_FLAGS)
     want_nola = nola.get("rank", 0) > 0 or any(k in nola for k in ("qv", "mlp", "qbits"))
     want_lora = lora.get("dim", 0) > 0

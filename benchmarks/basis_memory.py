@@ -13,7 +13,7 @@ import argparse
 import torch
 from common import print_table, save_results
 
-from nola.layers import NOLAConfig
+from nola.config import NOLAConfig
 from nola.model import GPT2Config, GPT2LMModel, nola_roles
 
 MODES = [

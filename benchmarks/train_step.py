@@ -22,7 +22,9 @@ import torch
 import torch.utils.checkpoint as ckpt
 from common import ROOT, interleaved_seconds, median_seconds, peak_memory_bytes, print_table, save_results
 
-from nola.layers import LoRAConfig, NOLAConfig, NOLAGroup, apply_delta
+from nola.config import LoRAConfig, NOLAConfig
+from nola.inject import gpt2_targets, inject
+from nola.layers import NOLAGroup
 from nola.model import GPT2Config, GPT2LMModel, lm_loss
 
 NOLA_VARIANTS = [
@@ -65,9 +67,9 @@ def build(variant: str, cfg: GPT2Config, device: torch.device) -> GPT2LMModel:
         return GPT2LMModel(cfg, lora=LoRAConfig(dim=4, alpha=32)).to(device)
     if variant == "official-style k=1024":
         nola = NOLAConfig(rank=8, num_basis=1024, qv=True, mode="onthefly")
-        model = GPT2LMModel(cfg, nola=nola)
-        for role, group in list(model.nola.items()):
-            model.nola[role] = OfficialStyleGroup(role, cfg.n_layer, group.d_in, group.d_out, nola)
+        model = GPT2LMModel(cfg)
+        inject(model, nola, gpt2_targets(nola), group_cls=OfficialStyleGroup)
+        model.nola_config = nola
         return model.to(device)
     settings = dict(NOLA_VARIANTS)[variant]
     return GPT2LMModel(cfg, nola=NOLAConfig(rank=8, qv=True, **settings)).to(device)
@@ -114,8 +116,8 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
         group = cls("attn_q", 1, d, d, NOLAConfig(rank=8, qv=True, **settings)).to(device)
 
         def nola(group=group) -> None:
-            a, b = group.factors()
-            y = x @ weight + apply_delta(x, (a[0], b[0]))
+            group.refresh()
+            y = x @ weight + group.layer_delta(x, 0)
             y.square().mean().backward()
 
         projection[name] = nola

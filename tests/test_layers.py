@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nola.basis import basis_seed, uniform_rows
-from nola.layers import NOLAConfig, NOLAGroup, _MixOnTheFly, basis_bounds
+from nola.config import NOLAConfig
+from nola.layers import NOLAGroup, _MixOnTheFly, basis_bounds
 from nola.model import GPT2Config, GPT2LMModel, count_trainable, lm_loss, lora_count, nola_roles
 
 
@@ -114,7 +115,7 @@ def test_trainable_counts_follow_the_formula():
         with torch.device("meta"):
             nola = GPT2LMModel(cfg, nola=NOLAConfig(rank=8, num_basis=1000, qv=True, mode="onthefly"))
             both = GPT2LMModel(cfg, nola=NOLAConfig(rank=8, num_basis=1000, qv=True, mlp=True, mode="onthefly"))
-            lora = GPT2LMModel(cfg, lora=__import__("nola.layers").layers.LoRAConfig(dim=4))
+            lora = GPT2LMModel(cfg, lora=__import__("nola.config").config.LoRAConfig(dim=4))
         assert count_trainable(nola) == layers * 2 * (1000 + 1000)
         assert count_trainable(both) == layers * 4 * (1000 + 1000)
         assert count_trainable(lora) == layers * 2 * 4 * (width + width)

@@ -11,7 +11,7 @@ import pytest
 
 from nola.checkpoint import save_adapter
 from nola.errors import UsageError
-from nola.layers import NOLAConfig
+from nola.config import NOLAConfig
 from nola.model import GPT2Config, GPT2LMModel
 from nola.results import METRICS, load_published, load_rows, parse_scores, render_table
 

@@ -12,7 +12,7 @@ from gpt2_ft import build_parser
 from nola.checkpoint import save_adapter
 from nola.data import FTDataset
 from nola.errors import UsageError
-from nola.layers import LoRAConfig, NOLAConfig
+from nola.config import LoRAConfig, NOLAConfig
 from nola.model import GPT2Config, GPT2LMModel
 from nola.optim import AdamW, Schedule, cycle_knots
 from nola.sizes import adapter_file_bytes, paper_sizes

@@ -16,7 +16,7 @@ from nola.checkpoint import (adapter_config_from, adapter_tensors, is_adapter, l
                              load_base_weights, read_checkpoint, split_state)
 from nola.errors import fail
 from nola.fileio import sha256_file
-from nola.layers import LoRAConfig, NOLAConfig
+from nola.config import LoRAConfig, NOLAConfig
 from nola.log import get_logger
 from nola.model import GPT2Config, GPT2LMModel, describe_trainable
 from nola.options import resolve_adapter

@@ -16,7 +16,8 @@ import torch
 
 from nola.errors import fail
 from nola.fileio import atomic_torch_save
-from nola.layers import LoRAConfig, NOLAConfig
+from nola.config import LoRAConfig, NOLAConfig
+from nola.inject import is_adapter_key
 from nola.log import get_logger
 from nola.model import GPT2LMModel
 from nola.quant import dequantize, pack_codes, quantize, unpack_codes
@@ -60,7 +61,7 @@ def split_state(ckpt: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Te
         if not isinstance(value, torch.Tensor):
             continue
         name = key.removeprefix("module.")
-        if name.startswith("nola.") or "lora_" in name:
+        if is_adapter_key(name):
             adapter[name] = value
             continue
         name = name.removeprefix("transformer.")
@@ -77,7 +78,7 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
     """Copy base GPT-2 weights into ``model``; shape mismatches and missing keys are errors."""
     card = model.config.card
     expected = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()
-                if k.startswith("transformer.") and "lora_" not in k}
+                if k.startswith("transformer.") and not is_adapter_key(k)}
     missing = sorted(set(expected) - set(base))
     unexpected = sorted(set(base) - set(expected))
     for name in sorted(set(expected) & set(base)):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from nola.fileio import atomic_open
+from nola.inject import is_adapter_key
 from nola.model import GPT2LMModel
 from nola.tokenizer import EOS_ID
 
@@ -22,7 +23,7 @@ def hf_state_dict(model: GPT2LMModel) -> dict[str, torch.Tensor]:
     model.merge_adapters()
     return {name: tensor.detach().to("cpu", torch.float32).contiguous().clone()
             for name, tensor in model.state_dict().items()
-            if name.startswith("transformer.") and "lora_" not in name}
+            if name.startswith("transformer.") and not is_adapter_key(name)}
 
 
 def hf_config(model: GPT2LMModel, provenance: dict | None = None) -> dict:

@@ -14,78 +14,16 @@ function, in forward and again in backward.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import loralib
 import torch
 from torch import nn
 
 from nola.basis import basis_seed, uniform_rows
-from nola.quant import check_bits, fake_quant
+from nola.config import LoRAConfig, NOLAConfig
+from nola.quant import fake_quant
 
-MODES = ("materialised", "onthefly")
 BASIS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-@dataclass
-class NOLAConfig:
-    """Everything needed to rebuild a NOLA adapter (stored in every adapter checkpoint)."""
-
-    rank: int = 8
-    num_basis: int = 1000
-    c: float = 1.0
-    qv: bool = True
-    mlp: bool = False
-    seed: int = 0
-    seed_per_layer: bool = False
-    qbits: int | None = None
-    mode: str = "materialised"
-    basis_dtype: str = "float32"
-    chunk_rows: int = 128
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"nola_rank must be >= 1, got {self.rank}")
-        if self.num_basis < 1:
-            raise ValueError(f"nola_num_basis must be >= 1, got {self.num_basis}")
-        if not (self.qv or self.mlp):
-            raise ValueError("NOLA needs a target: --nola_qv and/or --nola_mlp")
-        if self.qbits is not None:
-            check_bits(self.qbits)
-        if self.mode not in MODES:
-            raise ValueError(f"nola mode must be one of {MODES}, got {self.mode!r}")
-        if self.basis_dtype not in BASIS_DTYPES:
-            raise ValueError(f"basis dtype must be one of {tuple(BASIS_DTYPES)}, got {self.basis_dtype!r}")
-
-    @property
-    def scale(self) -> float:
-        """s = c / r."""
-        return self.c / self.rank
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LoRAConfig:
-    """microsoft/LoRA's NLG settings: query and value of the fused attention projection."""
-
-    dim: int = 4
-    alpha: float = 32.0
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.dim < 1:
-            raise ValueError(f"lora_dim must be >= 1, got {self.dim}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# Settings that change an adapter's numbers (checked against a checkpoint); the rest (execution
-# mode, basis dtype, chunking, dropout) may differ between training and decoding.
-NOLA_IDENTITY = ("rank", "num_basis", "c", "qv", "mlp", "seed", "seed_per_layer", "qbits")
-LORA_IDENTITY = ("dim", "alpha")
 
 
 def basis_bounds(d_in: int, d_out: int, rank: int) -> tuple[float, float]:
@@ -150,6 +88,9 @@ class NOLAGroup(nn.Module):
         self.register_buffer("basis_b", None, persistent=False)
         if self.mode == "materialised":
             self.materialise()
+        self.slots: list[NOLASlot] = []
+        self.merged = False
+        self._mixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _factor_meta(self, factor: str) -> tuple:
         if factor == "A":
@@ -192,15 +133,60 @@ class NOLAGroup(nn.Module):
         a, b = self.factors()
         return torch.bmm(a, b)
 
+    def refresh(self) -> None:
+        """Mix every layer's factors once for the coming forward pass (one product per factor);
+        the slots then read their layer's slice. Called by the model's forward pre-hook."""
+        self._mixed = None if self.merged else self.factors()
+
+    def layer_delta(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """``(x A) (s·B)`` of layer ``index``, in ``x``'s dtype."""
+        if self._mixed is None:
+            raise RuntimeError(f"NOLA group {self.role}: call the model (whose forward pre-hook mixes the "
+                               f"factors), not the adapted projection on its own")
+        a, b = self._mixed
+        return (x @ a[index].to(x.dtype)) @ b[index].to(x.dtype)
+
+    @torch.no_grad()
+    def set_merged(self, merged: bool) -> None:
+        """Fold every layer's ΔW into (or out of) its frozen weight; forward then skips the adapter."""
+        if merged == self.merged:
+            return
+        deltas = self.delta_weight()
+        for slot in self.slots:
+            slot.add_to_weight(deltas[slot.index], 1.0 if merged else -1.0)
+        self.merged, self._mixed = merged, None
+
     def extra_repr(self) -> str:
         return (f"role={self.role}, layers={self.num_layers}, {self.d_in}->{self.d_out}, r={self.rank}, "
                 f"k=l={self.num_basis}, mode={self.mode}, qbits={self.qbits}")
 
 
-def apply_delta(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``(x A) (s·B)`` for one layer's factors, in ``x``'s dtype."""
-    a, b = factors
-    return (x @ a.to(x.dtype)) @ b.to(x.dtype)
+class NOLASlot:
+    """The NOLA adapter of one projection: layer ``index`` of ``group``, added to output columns
+    ``cols`` (q and v are slices of GPT-2's fused ``c_attn``). It lives on the projection as a
+    forward hook, so the projection's class and parameter names stay those of the base model."""
+
+    def __init__(self, module: nn.Module, group: NOLAGroup, index: int, cols: slice, weight_in_out: bool) -> None:
+        self.module, self.group, self.index, self.cols, self.weight_in_out = module, group, index, cols, weight_in_out
+        self.handle = module.register_forward_hook(self._hook)
+        group.slots.append(self)
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.group.merged:
+            return output
+        delta = self.group.layer_delta(inputs[0], self.index)
+        if self.cols == slice(None):
+            return output + delta
+        output[..., self.cols] += delta
+        return output
+
+    def add_to_weight(self, delta: torch.Tensor, sign: float) -> None:
+        """``weight += sign·ΔW`` on this slot's columns (rows of an ``nn.Linear`` weight)."""
+        weight = self.module.weight
+        if self.weight_in_out:
+            weight[:, self.cols] += sign * delta.to(weight.dtype)
+        else:
+            weight[self.cols, :] += sign * delta.t().to(weight.dtype)
 
 
 def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
@@ -209,3 +195,23 @@ def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
         n_embd, 3 * n_embd, r=cfg.dim, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False,
     )
+
+
+def lora_delta(layer: loralib.LoRALayer) -> torch.Tensor:
+    """loralib's ΔW of ``layer`` in its weight's layout (scaling included)."""
+    if isinstance(layer, loralib.MergedLinear):
+        return layer.merge_AB() * layer.scaling
+    delta = layer.lora_B @ layer.lora_A * layer.scaling
+    return delta.t() if layer.fan_in_fan_out else delta
+
+
+@torch.no_grad()
+def set_lora_merged(layer: loralib.LoRALayer, merged: bool) -> None:
+    """Fold loralib's ΔW into its weight (or out again). ``merged`` is loralib's own switch that its
+    forward reads; setting it here, once, keeps loralib's forward from adding ΔW a second time."""
+    if merged == layer.merged:
+        return
+    sign = 1.0 if merged else -1.0
+    layer.weight += sign * lora_delta(layer).to(layer.weight.dtype)
+    layer.merged = merged
+

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nola.layers import LoRAConfig, NOLAConfig, NOLAGroup, apply_delta, lora_attention
+from nola.config import LoRAConfig, NOLAConfig
+from nola.inject import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
+from nola.layers import lora_attention
 
 CARDS = {
     "gpt2.sm": {"n_embd": 768, "n_layer": 12, "n_head": 12},
@@ -22,7 +24,6 @@ CARDS = {
 }
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]
-Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -78,13 +79,8 @@ class Attention(nn.Module):
         self.c_attn = lora_attention(cfg.n_embd, lora) if lora else Conv1D(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = Conv1D(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, factors: Factors | None, past, mask):
+    def forward(self, x, past, mask):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=-1)
-        if factors:
-            if "attn_q" in factors:
-                q = q + apply_delta(x, factors["attn_q"])
-            if "attn_v" in factors:
-                v = v + apply_delta(x, factors["attn_v"])
         b, t, _ = x.shape
         q, k, v = (z.view(b, t, self.n_head, -1).transpose(1, 2) for z in (q, k, v))
         if past is not None:
@@ -101,15 +97,8 @@ class MLP(nn.Module):
         self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x, factors: Factors | None):
-        h = self.c_fc(x)
-        if factors and "mlp_fc" in factors:
-            h = h + apply_delta(x, factors["mlp_fc"])
-        h = F.gelu(h, approximate="tanh")
-        out = self.c_proj(h)
-        if factors and "mlp_proj" in factors:
-            out = out + apply_delta(h, factors["mlp_proj"])
-        return out
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -120,10 +109,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, factors, past, mask):
-        a, present = self.attn(self.ln_1(x), factors, past, mask)
+    def forward(self, x, past, mask):
+        a, present = self.attn(self.ln_1(x), past, mask)
         x = x + a
-        return x + self.mlp(self.ln_2(x), factors), present
+        return x + self.mlp(self.ln_2(x)), present
 
 
 class GPT2Model(nn.Module):
@@ -139,12 +128,13 @@ class GPT2Model(nn.Module):
 
 def nola_roles(cfg: GPT2Config, nola: NOLAConfig) -> dict[str, tuple[int, int]]:
     """Adapted projections and their (d_in, d_out): q and v, and with ``mlp`` the two MLP layers."""
-    d = cfg.n_embd
+    widths = {"attn.c_attn": (cfg.n_embd, 3 * cfg.n_embd), "mlp.c_fc": (cfg.n_embd, 4 * cfg.n_embd),
+              "mlp.c_proj": (4 * cfg.n_embd, cfg.n_embd)}
     roles = {}
-    if nola.qv:
-        roles.update(attn_q=(d, d), attn_v=(d, d))
-    if nola.mlp:
-        roles.update(mlp_fc=(d, 4 * d), mlp_proj=(4 * d, d))
+    for role in gpt2_targets(nola):
+        suffix, _, parts = GPT2_ROLES[role]
+        d_in, d_out = widths[suffix]
+        roles[role] = (d_in, d_out // parts)
     return roles
 
 
@@ -165,7 +155,10 @@ def attention_mask(past_len: int, new_len: int, key_mask: torch.Tensor | None, d
 
 
 class GPT2LMModel(nn.Module):
-    """GPT-2 language model with NOLA or LoRA adapters and an incremental-decoding cache."""
+    """GPT-2 language model with NOLA or LoRA adapters and an incremental-decoding cache.
+
+    NOLA is put on the projections by :func:`nola.inject.inject` (as on any ``transformers``
+    model); LoRA is loralib's ``MergedLinear`` inside the attention, as microsoft/LoRA builds it."""
 
     def __init__(self, cfg: GPT2Config, nola: NOLAConfig | None = None, lora: LoRAConfig | None = None) -> None:
         super().__init__()
@@ -175,26 +168,18 @@ class GPT2LMModel(nn.Module):
         self.transformer = GPT2Model(cfg, lora)
         self.nola = None
         if nola is not None:
-            self.nola = nn.ModuleDict({
-                role: NOLAGroup(role, cfg.n_layer, d_in, d_out, nola)
-                for role, (d_in, d_out) in nola_roles(cfg, nola).items()
-            })
-        self.merged = False
-        self.freeze_base()
+            if not gpt2_targets(nola):
+                raise ValueError("--nola_rank needs a target: add --nola_qv and/or --nola_mlp")
+            inject(self, nola, gpt2_targets(nola))
+        freeze_base(self)
 
-    def freeze_base(self) -> None:
-        """Only adapter tensors train (NOLA α/β, LoRA A/B); without adapters everything trains."""
-        has_adapter = self.nola is not None or self.lora_config is not None
-        for name, param in self.named_parameters():
-            adapter_param = name.startswith("nola.") or "lora_" in name
-            param.requires_grad_(adapter_param or not has_adapter)
+    @property
+    def adapter(self) -> NOLAConfig | LoRAConfig | None:
+        return self.nola_config or self.lora_config
 
-    def adapter_factors(self) -> list[Factors] | None:
-        """Per layer, the NOLA factors of every role (mixed once for all layers), or None."""
-        if self.nola is None or self.merged:
-            return None
-        mixed = {role: group.factors() for role, group in self.nola.items()}
-        return [{role: (a[i], b[i]) for role, (a, b) in mixed.items()} for i in range(self.config.n_layer)]
+    @property
+    def merged(self) -> bool:
+        return is_merged(self)
 
     def forward(
         self,
@@ -213,64 +198,26 @@ class GPT2LMModel(nn.Module):
         tr = self.transformer
         x = tr.wte(input_ids) + tr.wpe(position_ids)
         mask = attention_mask(past_len, t, key_mask, input_ids.device)
-        per_layer = self.adapter_factors()
         presents = []
         for i, block in enumerate(tr.h):
-            x, present = block(x, per_layer[i] if per_layer else None, None if past is None else past[i], mask)
+            x, present = block(x, None if past is None else past[i], mask)
             presents.append(present)
         if last_only:
             x = x[:, -1:]
         x = tr.ln_f(x)
         return F.linear(x, tr.wte.weight), presents
 
-    @torch.no_grad()
-    def _adapter_deltas(self):
-        """(weight, column slice, ΔW) for every adapted projection."""
-        d = self.config.n_embd
-        if self.nola is not None:
-            targets = {
-                "attn_q": lambda blk: (blk.attn.c_attn.weight, slice(0, d)),
-                "attn_v": lambda blk: (blk.attn.c_attn.weight, slice(2 * d, 3 * d)),
-                "mlp_fc": lambda blk: (blk.mlp.c_fc.weight, slice(None)),
-                "mlp_proj": lambda blk: (blk.mlp.c_proj.weight, slice(None)),
-            }
-            for role, group in self.nola.items():
-                deltas = group.delta_weight()
-                for i, blk in enumerate(self.transformer.h):
-                    weight, cols = targets[role](blk)
-                    yield weight, cols, deltas[i]
-        elif self.lora_config is not None:
-            for blk in self.transformer.h:
-                layer = blk.attn.c_attn
-                yield layer.weight, slice(None), layer.merge_AB() * layer.scaling
-
-    @torch.no_grad()
     def merge_adapters(self) -> None:
         """Fold every adapter delta into its frozen weight, so decoding costs the base model."""
-        if self.merged:
-            return
-        for weight, cols, delta in list(self._adapter_deltas()):
-            weight[:, cols] += delta.to(weight.dtype)
-        self._set_merged(True)
+        set_merged(self, True)
 
-    @torch.no_grad()
     def unmerge_adapters(self) -> None:
         """Undo :meth:`merge_adapters`."""
-        if not self.merged:
-            return
-        self._set_merged(False)
-        for weight, cols, delta in list(self._adapter_deltas()):
-            weight[:, cols] -= delta.to(weight.dtype)
-
-    def _set_merged(self, merged: bool) -> None:
-        self.merged = merged
-        if self.lora_config is not None:
-            for blk in self.transformer.h:
-                blk.attn.c_attn.merged = merged
+        set_merged(self, False)
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Only the trained adapter tensors (NOLA α/β or LoRA A/B)."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith("nola.") or "lora_" in k}
+        return adapter_state(self)
 
 
 def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,

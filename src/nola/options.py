@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from nola.errors import fail
-from nola.layers import BASIS_DTYPES, LORA_IDENTITY, MODES, NOLA_IDENTITY, LoRAConfig, NOLAConfig
+from nola.config import BASIS_DTYPES, MODES, LoRAConfig, NOLAConfig, identity_fields
+NOLA_IDENTITY, LORA_IDENTITY = identity_fields(NOLAConfig), identity_fields(LoRAConfig)
 
 NOLA_DEFAULTS = {"rank": 0, "c": 1.0, "num_basis": 1000, "qv": False, "mlp": False, "seed": 0,
                  "seed_per_layer": False, "qbits": None}

@@ -21,7 +21,7 @@ import torch
 from nola.checkpoint import adapter_config_from
 from nola.errors import fail
 from nola.fileio import atomic_open, atomic_torch_save
-from nola.layers import LoRAConfig, NOLAConfig
+from nola.config import LoRAConfig, NOLAConfig
 from nola.options import LORA_FLAGS, NOLA_FLAGS, resolve_adapter
 
 RESUME_FORMAT = "nola-resume"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nola.checkpoint import save_adapter
-from nola.layers import LoRAConfig, NOLAConfig
+from nola.config import LoRAConfig, NOLAConfig
 from nola.model import GPT2Config, GPT2LMModel, count_trainable
 
 PAPER_BASE = "./pretrained_checkpoints/gpt2-{size}-pytorch_model.bin"

@@ -36,7 +36,7 @@ from nola.data import FTDataset, make_loader
 from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed
 from nola.errors import fail
 from nola.fileio import atomic_open
-from nola.layers import NOLAConfig
+from nola.config import NOLAConfig
 from nola.log import get_logger
 from nola.model import lm_loss
 from nola.optim import Schedule, add_optimizer_args, cycle_knots, make_optimizer

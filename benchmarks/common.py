@@ -6,6 +6,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from datetime import date
@@ -16,7 +17,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT / "src"))
+
+
+def tiny_gpt2(out: Path, **shape: int) -> Path:
+    """A random GPT-2 folder written by ``scripts/make_tiny_gpt2.py`` (as a user makes one)."""
+    flags = [f"--{k}={v}" for k, v in shape.items()]
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_gpt2.py"), "--out", str(out), *flags],
+                   check=True, capture_output=True)
+    return out
 
 
 def machine() -> dict:

@@ -17,13 +17,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import interleaved_seconds, print_table, save_results
+from common import interleaved_seconds, print_table, save_results, tiny_gpt2
 
-from nola.beam import BeamSettings, decode_contexts
-from nola.build import build_model
+from nola.beam import decode_contexts
+from nola.cli import build_from_flags
+from nola.config import BeamSettings
 from nola.export import export_hf
-from nola.options import add_model_args
-from nola.tiny import save_random_gpt2
 
 
 def e2e_contexts(count: int, max_len: int) -> list[list[int]]:
@@ -52,15 +51,13 @@ def main() -> None:
     tokens = len(queries) * eval_len
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = save_random_gpt2(Path(tmp) / "base", n_positions=512, **shape)
+        base = tiny_gpt2(Path(tmp) / "base", n_positions=512, **shape)
         models = {}
         for name, flags in (("ours, no adapter", []),
                             ("ours, NOLA merged", ["--nola_rank", "8", "--nola_qv", "--nola_num_basis", "1000"]),
                             ("ours, NOLA unmerged", ["--nola_rank", "8", "--nola_qv", "--nola_num_basis", "1000"])):
-            p = argparse.ArgumentParser()
-            add_model_args(p)
-            built = build_model(p.parse_args(["--model_card", str(base / "card.json"),
-                                              "--init_checkpoint", str(base / "model.safetensors"), *flags]), device)
+            built = build_from_flags(["--model_card", str(base / "card.json"),
+                                      "--init_checkpoint", str(base / "model.safetensors"), *flags], device)
             model = built.model.eval()
             if model.nola is not None:
                 torch.manual_seed(0)

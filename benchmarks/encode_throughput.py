@@ -12,19 +12,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
-from nola.dataset import FTDataset  # noqa: E402
-from nola.errors import fail, run_cli  # noqa: E402
-from nola.fileio import atomic_open  # noqa: E402
-from nola.formats import read_e2e  # noqa: E402
-from nola.tokenizer import EOS_ID, encode_records, load_reference_tokenizer, load_tokenizer  # noqa: E402
+from nola.dataset import FTDataset
+from nola.errors import fail, run_cli
+from nola.fileio import atomic_open
+from nola.formats import read_e2e
+from nola.tokenizer import EOS_ID, encode_records, load_reference_tokenizer, load_tokenizer
 
 E2E_TRAIN_LINES = 42061
 

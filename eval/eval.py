@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from nola.errors import fail, run_cli  # noqa: E402
-from nola.log import get_logger  # noqa: E402
-from nola.metrics import webnlg  # noqa: E402
+from nola.errors import fail, run_cli
+from nola.log import get_logger
+from nola.metrics import webnlg
 
 ORIGINS = """\
 where each number comes from (equal to GenerationEval's eval.py on the same files):

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
-from nola.errors import run_cli  # noqa: E402
-from nola.fileio import atomic_open  # noqa: E402
-from nola.results import load_published, load_rows, render_table  # noqa: E402
+from nola.errors import run_cli
+from nola.fileio import atomic_open
+from paper.results import load_published, load_rows, render_table
 
 
 def main() -> None:

@@ -3,13 +3,9 @@ pytorch_model.bin in the published layout), for the demo and for trying the scri
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from nola.errors import run_cli  # noqa: E402
-from nola.tiny import save_random_gpt2  # noqa: E402
+from nola.errors import run_cli
+from tiny import save_random_gpt2
 
 
 def main() -> None:

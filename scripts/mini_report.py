@@ -4,13 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from nola.errors import fail, run_cli  # noqa: E402
-from nola.fileio import atomic_open  # noqa: E402
+from nola.errors import fail, run_cli
+from nola.fileio import atomic_open
 
 RUNS = [("none", "no adaptation (pre-trained base)"), ("lora_r4", "LoRA r=4"), ("lora_r1", "LoRA r=1"),
         ("nola", "NOLA r=8, k=l=100 (q,v)"), ("qnola3", "NOLA r=8, k=l=100, 3-bit")]

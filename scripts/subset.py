@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from nola.errors import fail, run_cli  # noqa: E402
-from nola.fileio import atomic_open  # noqa: E402
+from nola.errors import fail, run_cli
+from nola.fileio import atomic_open
 
 
 def main() -> None:

@@ -10,32 +10,31 @@ import argparse
 import torch
 
 from nola.build import build_model
-from nola.checkpoint import adapter_kind
+from nola.checkpoint import metadata
+from nola.cli import add_model_flags, model_flags
 from nola.errors import fail, run_cli
 from nola.export import export_hf
 from nola.log import get_logger
-from nola.options import add_model_args
 
 log = get_logger("export_hf")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the merged model as a transformers GPT-2 folder")
-    add_model_args(parser)
+    add_model_flags(parser)
     parser.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
     args = parser.parse_args(argv)
-    if not args.init_checkpoint:
+    source, request = model_flags(args)
+    if not source.init_checkpoint:
         fail("--init_checkpoint is required: the adapter, full or base checkpoint to export")
-    built = build_model(args, torch.device("cpu"), hash_base=False)
+    built = build_model(source, torch.device("cpu"), request, hash_base=False)
     model = built.model.eval()
-    kind = adapter_kind(model)
-    adapter = model.nola_config if kind == "nola" else model.lora_config
-    provenance = {"init_checkpoint": args.init_checkpoint, "base_checkpoint": built.base_path,
-                  "base_sha256": built.base_sha256, "step": built.step, "adapter": kind,
-                  "adapter_config": adapter.to_dict() if adapter is not None else None}
+    kind = model.adapter and type(model.adapter).__name__.removesuffix("Config")
+    provenance = {"init_checkpoint": source.init_checkpoint, "step": built.step,
+                  **metadata(model, built.base_path, built.base_sha256)}
     out = export_hf(model, args.out, provenance)
     log.info("wrote %s (%s merged); load it with GPT2LMHeadModel.from_pretrained(%r)",
-             out, kind.upper() if kind else "no adapter", str(out))
+             out, kind or "no adapter", str(out))
 
 
 if __name__ == "__main__":

@@ -6,44 +6,43 @@ Runs under plain python, ``torch.distributed.launch`` or ``torchrun``; writes on
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from nola.beam import BeamSettings, add_beam_args, predict_dataset, write_predictions
+from nola.beam import predict_dataset, write_predictions
 from nola.build import build_model
+from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
+from nola.config import BeamSettings, DecodeConfig
 from nola.dataset import FTDataset
-from nola.distributed import add_launch_args, barrier, cleanup, init_distributed
-from nola.errors import fail, run_cli
+from nola.distributed import barrier, cleanup, init_distributed
+from nola.errors import run_cli
 from nola.log import get_logger
-from nola.options import add_model_args
 
 log = get_logger("gpt2_beam")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="GPT-2 beam decoding (microsoft/LoRA's NLG rule)")
-    add_launch_args(parser)
-    add_model_args(parser)
-    add_beam_args(parser)
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        fail(f"--batch_size must be >= 1, got {args.batch_size}")
+    add_launch_flags(parser)
+    add_model_flags(parser)
+    add_flags(parser, DecodeConfig, "data and output")
+    add_flags(parser, BeamSettings, "beam search")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    source, request = model_flags(args)
+    run, settings = config_from(DecodeConfig, args), config_from(BeamSettings, args)
+    ctx = init_distributed(launch_config(args))
     try:
-        settings = BeamSettings.from_args(args)
-    except ValueError as exc:
-        fail(str(exc))
-    ctx = init_distributed(args)
-    try:
-        built = build_model(args, ctx.device, hash_base=False)
-        model = built.model.eval()
-        if model.nola is not None or model.lora_config is not None:
+        model = build_model(source, ctx.device, request, hash_base=False).model.eval()
+        if model.adapter is not None:
             model.merge_adapters()
             log.info("adapter merged into the base weights: decoding costs exactly the base model")
-        dataset = FTDataset(args.data, args.seq_len, args.eval_len, vocab_size=model.config.vocab_size)
-        predictions = predict_dataset(model, dataset, settings, args.batch_size, ctx)
+        dataset = FTDataset(run.data, run.seq_len, settings.eval_len, vocab_size=model.config.vocab_size)
+        predictions = predict_dataset(model, dataset, settings, run.batch_size, ctx)
         if predictions is not None:
-            out = Path(args.work_dir) / args.output_file
-            write_predictions(out, predictions)
-            log.info("wrote %d predictions to %s", len(predictions), out)
+            write_predictions(run.output_path, predictions)
+            log.info("wrote %d predictions to %s", len(predictions), run.output_path)
         barrier()
     finally:
         cleanup()

@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import argparse
 
-from nola.distributed import add_launch_args
+from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
+from nola.config import OptimConfig, TrainConfig
 from nola.errors import run_cli
-from nola.options import add_model_args
-from nola.train import add_train_args, train
+from nola.train import train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_launch_args(parser)
-    add_model_args(parser)
-    add_train_args(parser)
+    add_launch_flags(parser)
+    add_model_flags(parser)
+    add_flags(parser, TrainConfig, "training, logging and checkpoints")
+    add_flags(parser, OptimConfig, "optimiser")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    source, request = model_flags(args)
+    train(launch_config(args), source, request, config_from(TrainConfig, args), config_from(OptimConfig, args))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def mirror() -> Path:
 def tiny_gpt2(tmp_path_factory) -> Path:
     """A random GPT-2 (real 50257 vocabulary, 2 layers x 32 dims) saved by ``transformers``:
     config.json, card.json, model.safetensors and a published-layout pytorch_model.bin."""
-    from nola.tiny import save_random_gpt2
+    from scripts.tiny import save_random_gpt2
 
     return save_random_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
 

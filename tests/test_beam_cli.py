@@ -2,7 +2,6 @@
 decode step, launchers, and how checkpoints and flags are checked."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import socket
@@ -13,25 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import gpt2_beam
-import gpt2_decode
-from nola.beam import BeamSettings, add_beam_args, beam_search
-from nola.build import build_model
+from src import gpt2_beam
+from src import gpt2_decode
+from nola.beam import beam_search
+from nola.config import BeamSettings
+from nola.cli import build_from_flags, config_from
 from nola.checkpoint import save_adapter
 from nola.errors import UsageError
-from nola.options import add_model_args
 
 NOLA = ["--nola_rank", "4", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", "64", "--qnola", "--qbits", "3"]
 EVAL_LEN = 8
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def model_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    return parser.parse_args(list(argv))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +35,7 @@ def trained(tmp_path_factory, tiny_gpt2):
     base.parent.mkdir()
     shutil.copy(tiny_gpt2 / "pytorch_model.bin", base)
     card = str(tiny_gpt2 / "card.json")
-    built = build_model(model_args("--model_card", card, "--init_checkpoint", str(base), *NOLA), torch.device("cpu"))
+    built = build_from_flags(("--model_card", card, "--init_checkpoint", str(base), *NOLA), torch.device("cpu"))
     torch.manual_seed(5)
     with torch.no_grad():
         for p in built.model.parameters():
@@ -91,7 +84,7 @@ def test_e2e_chain_decodes_each_context_once_and_writes_scorer_files(trained, e2
     assert "630 distinct contexts" in stderr and "ex/s" in stderr  # progress bar in examples/s
 
     # same as beam-searching a few contexts alone with the adapter merged in this process
-    model = build_model(model_args("--model_card", card, "--init_checkpoint", str(root / "model.100.pt")),
+    model = build_from_flags(("--model_card", card, "--init_checkpoint", str(root / "model.100.pt")),
                         torch.device("cpu")).model.eval()
     model.merge_adapters()
     settings = BeamSettings(beam=2, eval_len=EVAL_LEN, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
@@ -148,7 +141,7 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
 
     # microsoft/LoRA's own full state dict (no metadata, DDP prefix, untied head copy) with --lora_* flags
     lora = ["--lora_dim", "2", "--lora_alpha", "16"]
-    built = build_model(model_args("--model_card", card, "--init_checkpoint", str(root / "base" / "pytorch_model.bin"),
+    built = build_from_flags(("--model_card", card, "--init_checkpoint", str(root / "base" / "pytorch_model.bin"),
                                    *lora), torch.device("cpu"))
     with torch.no_grad():
         for p in built.model.parameters():
@@ -183,13 +176,12 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
 
 
 def test_flags_eos_ids_append_to_50256_and_defaults_follow_the_original():
-    parser = argparse.ArgumentParser()
-    add_beam_args(parser)
+    parser = gpt2_beam.build_parser()
     args = parser.parse_args(["--data", "x.jsonl", "--eos_token_id", "628"])
-    assert BeamSettings.from_args(args).eos_ids == (50256, 628)
+    assert config_from(BeamSettings, args).eos_ids == (50256, 628)
     plain = parser.parse_args(["--data", "x.jsonl"])
-    assert plain.eos_token_id == [50256]  # the default list was not mutated by the first parse
+    assert plain.eos_ids == [50256]  # the default list was not mutated by the first parse
     assert (plain.beam, plain.length_penalty, plain.no_repeat_ngram_size, plain.repetition_penalty,
             plain.batch_size, plain.seq_len, plain.eval_len, plain.min_length) == (1, 1.0, 4, 1.0, 10, 512, 256, 0)
-    with pytest.raises(UsageError, match="--beam must be >= 1"):
+    with pytest.raises(UsageError, match="--beam 0: must be a number >= 1"):
         gpt2_beam.main(["--data", "x.jsonl", "--beam", "0"])

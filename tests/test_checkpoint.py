@@ -1,30 +1,22 @@
 """Adapter checkpoints: what they store, round trips, rebuilding from the file, and its guards."""
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
 
-from nola.build import build_model
+from nola.cli import build_from_flags
 from nola.checkpoint import read_checkpoint, save_adapter
 from nola.errors import UsageError
 from nola.fileio import sha256_file
-from nola.options import add_model_args
 from nola.quant import fake_quant
 
 CPU = torch.device("cpu")
 NOLA = ["--nola_rank", "4", "--nola_qv", "--nola_num_basis", "50", "--nola_c", "2.0", "--nola_seed", "7"]
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    return parser.parse_args(list(argv))
-
-
 def _trained(tiny_gpt2, *flags):
-    built = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"),
+    built = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"),
                               "--init_checkpoint", str(tiny_gpt2 / "pytorch_model.bin"), *flags), CPU)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -44,7 +36,7 @@ def test_adapter_round_trip_rebuilds_the_same_model(tmp_path, tiny_gpt2, flags):
     assert ckpt["base"] == {"path": str(tiny_gpt2 / "pytorch_model.bin"), "sha256": sha256_file(tiny_gpt2 / "pytorch_model.bin")}
     assert ckpt["step"] == 10 and "model_state_dict" not in ckpt
     assert not any(k.startswith("transformer.") and "lora_" not in k for k in ckpt["tensors"])
-    rebuilt = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(path)), CPU)
+    rebuilt = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(path)), CPU)
     assert rebuilt.step == 10
     ids = torch.randint(0, 50257, (2, 7))
     with torch.no_grad():
@@ -74,7 +66,7 @@ def test_quantised_file_is_smaller_than_float(tmp_path, tiny_gpt2):
 def test_full_checkpoint_loads_with_its_adapter(tmp_path, tiny_gpt2):
     built = _trained(tiny_gpt2, *NOLA)
     save_adapter(built.model, tmp_path / "full.pt", full=True)
-    rebuilt = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "full.pt")), CPU)
+    rebuilt = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "full.pt")), CPU)
     assert torch.equal(rebuilt.model.nola.attn_v.beta, built.model.nola.attn_v.beta)
 
 
@@ -83,25 +75,25 @@ def test_guards_moved_base_sha_mismatch_contradicting_flags_and_card(tmp_path, t
 
     base = tmp_path / "base.bin"
     shutil.copy(tiny_gpt2 / "pytorch_model.bin", base)
-    built = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(base), *NOLA), CPU)
+    built = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(base), *NOLA), CPU)
     save_adapter(built.model, tmp_path / "a.pt", built.base_path, built.base_sha256)
     card = str(tiny_gpt2 / "card.json")
     moved = tmp_path / "moved.bin"
     base.rename(moved)
     with pytest.raises(UsageError, match="--base_checkpoint"):
-        build_model(parse("--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt")), CPU)
-    build_model(parse("--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt"), "--base_checkpoint", str(moved)), CPU)
+        build_from_flags(("--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt")), CPU)
+    build_from_flags(("--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt"), "--base_checkpoint", str(moved)), CPU)
     other = torch.load(moved, weights_only=True)
     other["wte.weight"] = other["wte.weight"] + 1
     torch.save(other, tmp_path / "other.bin")
     with pytest.raises(UsageError, match="SHA-256"):
-        build_model(parse("--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt"),
+        build_from_flags(("--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt"),
                           "--base_checkpoint", str(tmp_path / "other.bin")), CPU)
     args = ["--model_card", card, "--init_checkpoint", str(tmp_path / "a.pt"), "--base_checkpoint", str(moved)]
     with pytest.raises(UsageError, match="--nola_rank 8 contradicts the checkpoint"):
-        build_model(parse(*args, "--nola_rank", "8"), CPU)
+        build_from_flags((*args, "--nola_rank", "8"), CPU)
     with pytest.raises(UsageError, match="LoRA"):
-        build_model(parse(*args, "--lora_dim", "4"), CPU)
-    build_model(parse(*args, "--nola_rank", "4", "--nola_qv", "--nola_c", "2.0"), CPU)
+        build_from_flags((*args, "--lora_dim", "4"), CPU)
+    build_from_flags((*args, "--nola_rank", "4", "--nola_qv", "--nola_c", "2.0"), CPU)
     with pytest.raises(UsageError, match="--model_card"):
-        build_model(parse("--model_card", "gpt2.sm", "--init_checkpoint", str(tmp_path / "a.pt")), CPU)
+        build_from_flags(("--model_card", "gpt2.sm", "--init_checkpoint", str(tmp_path / "a.pt")), CPU)

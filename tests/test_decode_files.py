@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-import gpt2_decode
+from src import gpt2_decode
 from nola.errors import UsageError
 from nola.formats import convert, read_formatted
 from nola.metrics import webnlg as webnlg_metrics

@@ -1,7 +1,6 @@
 """export_hf.py: the merged model as a transformers GPT-2 folder that loads and gives our logits."""
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -9,22 +8,15 @@ import sys
 import pytest
 import torch
 
-from nola.build import build_model
+from nola.cli import build_from_flags
 from nola.checkpoint import save_adapter
-from nola.options import add_model_args
 
 CPU = torch.device("cpu")
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    return parser.parse_args(list(argv))
-
-
 def trained_checkpoint(tiny_gpt2, path, *flags, full=False):
     """An adapter (or full) checkpoint with random, clearly non-zero adapter weights."""
-    built = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"),
+    built = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"),
                               "--init_checkpoint", str(tiny_gpt2 / "pytorch_model.bin"), *flags), CPU)
     torch.manual_seed(3)
     with torch.no_grad():
@@ -51,7 +43,7 @@ def test_export_loads_in_transformers_with_our_logits(tmp_path, tiny_gpt2, repo,
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     hf, info = GPT2LMHeadModel.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()), info  # no missing / unexpected / mismatched keys
-    ours = build_model(parse("--model_card", card, "--init_checkpoint", str(ckpt)), CPU).model.eval()
+    ours = build_from_flags(("--model_card", card, "--init_checkpoint", str(ckpt)), CPU).model.eval()
     base = GPT2LMHeadModel.from_pretrained(tiny_gpt2).eval()
     ids = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -76,7 +68,7 @@ def test_export_of_a_full_checkpoint_and_contradicting_flags(tmp_path, tiny_gpt2
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
-    ours = build_model(parse("--model_card", card, "--init_checkpoint", str(full)), CPU).model.eval()
+    ours = build_from_flags(("--model_card", card, "--init_checkpoint", str(full)), CPU).model.eval()
     ids = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (hf(ids).logits - ours(ids)[0]).abs().max() <= 1e-5

@@ -1,24 +1,16 @@
 """Our GPT-2 against transformers' GPT2LMHeadModel on the same weights, loaded from real files."""
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from nola.build import build_model
+from nola.cli import build_from_flags
 from nola.errors import UsageError
 from nola.model import lm_loss
-from nola.options import add_model_args
 
 CPU = torch.device("cpu")
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    return parser.parse_args(list(argv))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def reference(tiny_gpt2):
 @pytest.mark.parametrize("adapter", [[], ["--nola_rank", "4", "--nola_qv", "--nola_mlp", "--nola_num_basis", "6"]])
 def test_logits_equal_transformers_with_and_without_cache(tiny_gpt2, reference, weights, adapter):
     ids, expected = reference
-    model = build_model(parse("--model_card", str(tiny_gpt2 / "config.json"),
+    model = build_from_flags(("--model_card", str(tiny_gpt2 / "config.json"),
                               "--init_checkpoint", str(tiny_gpt2 / weights), *adapter), CPU).model.eval()
     if adapter:
         with torch.no_grad():
@@ -55,7 +47,7 @@ def test_logits_equal_transformers_with_and_without_cache(tiny_gpt2, reference, 
 
 def test_key_padding_and_positions_reproduce_unpadded_logits(tiny_gpt2, reference):
     ids, expected = reference
-    model = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"),
+    model = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"),
                               "--init_checkpoint", str(tiny_gpt2 / "model.safetensors")), CPU).model.eval()
     pad = 4
     padded = torch.cat([torch.zeros(3, pad, dtype=torch.long), ids], dim=1)
@@ -82,7 +74,7 @@ def test_older_key_layouts_load(tmp_path, tiny_gpt2, reference, layout):
         renamed = {layout + k: v for k, v in state.items()}
     path = tmp_path / "old.bin"
     torch.save({"model_state_dict": renamed} if layout == "module.transformer." else renamed, path)
-    model = build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(path)), CPU).model
+    model = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(path)), CPU).model
     ids, expected = reference
     with torch.no_grad():
         assert (model.eval()(ids)[0] - expected).abs().max() <= 1e-5
@@ -93,16 +85,16 @@ def test_shape_mismatch_and_missing_keys_are_clear_errors(tmp_path, tiny_gpt2):
         state = torch.load(tiny_gpt2 / "pytorch_model.bin", weights_only=True)
         small = {k: v for k, v in state.items() if not k.startswith(("wte", "wpe"))}
         torch.save(small, tmp_path / "partial.bin")
-        build_model(parse("--model_card", "gpt2.sm", "--init_checkpoint", str(tmp_path / "partial.bin")), CPU)
+        build_from_flags(("--model_card", "gpt2.sm", "--init_checkpoint", str(tmp_path / "partial.bin")), CPU)
     with pytest.raises(UsageError, match=r"2 tensors missing .*wpe\.weight, wte\.weight"):
-        build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "partial.bin")), CPU)
+        build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "partial.bin")), CPU)
     (tmp_path / "broken.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(UsageError, match="unreadable or truncated"):
-        build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "broken.bin")), CPU)
+        build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "broken.bin")), CPU)
     with pytest.raises(UsageError, match="not found"):
-        build_model(parse("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "nope.bin")), CPU)
+        build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint", str(tmp_path / "nope.bin")), CPU)
     with pytest.raises(UsageError, match="cannot be combined"):
-        build_model(parse("--model_card", "gpt2.sm", "--nola_rank", "8", "--nola_qv", "--lora_dim", "4"), CPU)
+        build_from_flags(("--model_card", "gpt2.sm", "--nola_rank", "8", "--nola_qv", "--lora_dim", "4"), CPU)
 
 
 def test_label_smoothed_masked_loss_matches_formula():

@@ -13,7 +13,7 @@ from nola.checkpoint import save_adapter
 from nola.errors import UsageError
 from nola.config import NOLAConfig
 from nola.model import GPT2Config, GPT2LMModel
-from nola.results import METRICS, load_published, load_rows, parse_scores, render_table
+from scripts.paper.results import METRICS, load_published, load_rows, parse_scores, render_table
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published.json"

@@ -186,7 +186,7 @@ def test_every_row_script_is_a_published_row():
 def test_flags_are_accepted_by_the_pipeline_scripts(layout):
     """Every flag the row scripts pass exists in the real gpt2_ft.py (parsed with its own parser),
     gpt2_beam.py and gpt2_decode.py (listed by --help)."""
-    from gpt2_ft import build_parser
+    from src.gpt2_ft import build_parser
 
     repo, root = layout
     commands: list[list[str]] = []
@@ -218,7 +218,7 @@ def test_row_end_to_end_on_cpu(tmp_path, mirror):
     two processes (the GPU query answered by a stand-in, so NPROC defaults to its "2 GPUs"), a
     stand-in scorer that checks the decoded files; the row lands in results/e2e.jsonl."""
     from nola.formats import convert
-    from nola.tiny import save_random_gpt2
+    from scripts.tiny import save_random_gpt2
     from nola.tokenizer import encode_file
 
     repo, root = tmp_path / "repo", tmp_path / "root"

@@ -2,27 +2,29 @@
 forms, torch.optim.AdamW and files actually written."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
 import torch
 
-from gpt2_ft import build_parser
+from src.gpt2_ft import build_parser
 from nola.checkpoint import save_adapter
 from nola.data import FTDataset
 from nola.errors import UsageError
-from nola.config import LoRAConfig, NOLAConfig
+from nola.cli import config_from
+from nola.config import LoRAConfig, NOLAConfig, OptimConfig
 from nola.model import GPT2Config, GPT2LMModel
 from nola.optim import AdamW, Schedule, cycle_knots
 from nola.sizes import adapter_file_bytes, paper_sizes
-from nola.train import JointLM, default_max_step
+from nola.dataset import JointLM
+from nola.train import default_max_step
 
 REQUIRED = ["--train_data", "t.jsonl", "--valid_data", "v.jsonl"]
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(REQUIRED + list(argv))
+def parse(*argv: str) -> OptimConfig:
+    """The optimiser config as gpt2_ft.py builds it from these flags."""
+    return config_from(OptimConfig, build_parser().parse_args(REQUIRED + list(argv)))
 
 
 def test_adamw_with_bias_correction_equals_torch_adamw_when_eps_and_decay_vanish():
@@ -80,14 +82,14 @@ def test_cycle_lists_are_checked():
 
 
 def test_microsoft_flag_spellings_and_default_max_step():
-    args = parse("--adam_epislon", "1e-8", "--max_epoch", "5", "--train_batch_size", "8")
+    args = parse("--adam_epislon", "1e-8", "--max_epoch", "5")
     assert args.adam_epsilon == 1e-8
-    assert parse("--adam_epsilon", "3e-7").adam_epsilon == 3e-7
+    assert parse("--adam_epsilon", "3e-7", "--max_epoch", "1").adam_epsilon == 3e-7
     # ceil(max_epoch * ceil(N / batch) / world): 42061 E2E training examples, batch 8.
-    assert default_max_step(args, 42061, 1) == 5 * 5258
-    assert default_max_step(args, 42061, 2) == (5 * 5258 + 1) // 2
-    assert default_max_step(parse("--max_step", "7", "--max_epoch", "5"), 42061, 1) == 7
-    assert default_max_step(parse("--scheduler", "cycle", "--i_steps", "0,40", "--i_lrs", "0,1"), 100, 1) == 40
+    assert default_max_step(args, 8, 42061, 1) == 5 * 5258
+    assert default_max_step(args, 8, 42061, 2) == (5 * 5258 + 1) // 2
+    assert default_max_step(parse("--max_step", "7", "--max_epoch", "5"), 8, 42061, 1) == 7
+    assert default_max_step(parse("--scheduler", "cycle", "--i_steps", "0,40", "--i_lrs", "0,1"), 8, 100, 1) == 40
 
 
 def test_joint_lm_mask_covers_context_and_completion(tmp_path):
@@ -101,7 +103,7 @@ def test_joint_lm_mask_covers_context_and_completion(tmp_path):
     assert JointLM(ds)[1]["mask"].tolist() == [1] * 7 + [0]  # 9 tokens cut to 8 -> 7 targets
 
 
-@pytest.mark.parametrize("adapter", [NOLAConfig(rank=4, num_basis=300), NOLAConfig(rank=4, num_basis=300, qbits=3),
+@pytest.mark.parametrize("adapter", [NOLAConfig(rank=4, num_basis=300, qv=True), NOLAConfig(rank=4, num_basis=300, qv=True, qbits=3),
                                      LoRAConfig(dim=2, alpha=16.0)])
 def test_adapter_size_formula_equals_a_real_file(tmp_path, adapter):
     cfg = GPT2Config(vocab_size=1000, n_positions=64, n_embd=32, n_layer=3, n_head=4)

@@ -2,7 +2,6 @@
 torch.distributed.launch, qNOLA and LoRA, 2 processes vs 1, resume, killed saves, bad input."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -14,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2_ft import main
+from src.gpt2_ft import main
 from nola.build import build_model
+from nola.config import ModelSource
 from nola.checkpoint import adapter_tensors, read_checkpoint
 from nola.errors import run_cli
 from nola.fileio import sha256_file
-from nola.options import add_model_args
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "src" / "gpt2_ft.py")
@@ -127,16 +126,16 @@ def test_paper_command_under_torch_distributed_launch_lowers_validation_loss(tin
     assert ckpt["base"] == {"path": str(base), "sha256": sha256_file(base)}
     assert ckpt["config"]["num_basis"] == 1000 and ckpt["seeds"]["attn_q"]["A"]
     assert "optimizer" not in ckpt and "model_state_dict" not in ckpt
+    resume = torch.load(work / "resume.pt", weights_only=True)
+    assert all(resume[k] == ckpt[k] for k in ("version", "adapter", "config", "model_config", "base"))
     size = (work / "model.200.pt").stat().st_size
     assert f"saved {work / 'model.200.pt'}: {size:,} bytes" in proc.stderr
     assert f"adapter file model.<step>.pt: about {size:,} bytes" in proc.stderr
     assert "trainable parameters: 8,000 (NOLA r=8, k=l=1000" in proc.stderr
     assert "it/s" not in proc.stderr  # no progress bar off a terminal
     # gpt2_beam.py's path: the model rebuilt from the adapter file alone.
-    parser = argparse.ArgumentParser()
-    add_model_args(parser)
-    rebuilt = build_model(parser.parse_args(["--model_card", str(tiny_gpt2 / "card.json"),
-                                             "--init_checkpoint", str(work / "model.200.pt")]), torch.device("cpu"))
+    rebuilt = build_model(ModelSource(model_card=str(tiny_gpt2 / "card.json"),
+                                      init_checkpoint=str(work / "model.200.pt")), torch.device("cpu"))
     assert rebuilt.step == 200 and rebuilt.model.nola_config.rank == 8
 
 
@@ -203,9 +202,8 @@ def test_resume_reaches_the_uninterrupted_weights(tiny_gpt2, base, data, tmp_pat
 
 
 KILLER = """
-import io, os, signal, sys
+import io, os, runpy, signal, sys
 import torch
-sys.path.insert(0, {src!r})
 real_save = torch.save
 
 def dying_save(obj, handle, *args, **kwargs):
@@ -219,8 +217,8 @@ def dying_save(obj, handle, *args, **kwargs):
     return real_save(obj, handle, *args, **kwargs)
 
 torch.save = dying_save
-from gpt2_ft import main
-main(sys.argv[1:])
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
 """
 
 
@@ -230,7 +228,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_intact(tiny_gpt2
         "--nola_num_basis", "64", "--lr", "0.05", "--max_step", "12", "--save_interval", "4", "--log_interval", "4",
         "--eval_interval", "100", "--train_batch_size", "4", "--work_dir", str(work)]
     driver = tmp_path / "killer.py"
-    driver.write_text(KILLER.format(src=str(REPO / "src")))
+    driver.write_text(KILLER.format(script=str(REPO / "src" / "gpt2_ft.py")))
     proc = subprocess.run([sys.executable, str(driver)] + args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     leftovers = list(work.glob(".resume.pt.*.tmp"))
@@ -276,8 +274,8 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(tiny_gpt2, base, data,
         "corrupt.jsonl:2: not valid JSON": ok + NOLA + ["--valid_data", str(corrupt)],
         "truncated": ok + NOLA + ["--init_checkpoint", str(truncated)],
         "--model_card this checkpoint": ok + NOLA + ["--model_card", str(wide_card)],
-        "qbits must be in 2..8": ok + NOLA + ["--qnola", "--qbits", "9"],
-        "nola_num_basis must be >= 1": ok + NOLA + ["--nola_num_basis", "0"],
+        "--qbits 9: must be in [2, 8]": ok + NOLA + ["--qnola", "--qbits", "9"],
+        "--nola_num_basis 0: must be a number >= 1": ok + NOLA + ["--nola_num_basis", "0"],
         "cannot be combined": ok + NOLA + ["--lora_dim", "4"],
         "--fp16 and --bf16": ok + NOLA + ["--fp16", "--bf16"],
         "no resume.pt": ok + NOLA + ["--resume", str(tmp_path)],

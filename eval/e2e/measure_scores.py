@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
-from nola.errors import run_cli  # noqa: E402
-from nola.log import get_logger  # noqa: E402
-from nola.metrics import e2e  # noqa: E402
+from nola.errors import run_cli
+from nola.log import get_logger
+from nola.metrics import e2e
 
 ORIGINS = """\
 where each number comes from (all equal to e2e-metrics' measure_scores.py -p to 4 decimals):

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "src"))
 
-from nola.errors import run_cli  # noqa: E402
-from nola.log import get_logger  # noqa: E402
-from nola.results import DATASETS, append_row, make_row, scores_from_files  # noqa: E402
+from nola.errors import run_cli
+from nola.log import get_logger
+from results import DATASETS, append_row, make_row, scores_from_files
 
 
 def main() -> None:

@@ -21,79 +21,25 @@ a key mask, and an example stops as soon as no kept hypothesis can still beat it
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nola.config import BeamSettings
 from nola.dataset import FTDataset
 from nola.distributed import DistContext, gather_objects
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.log import get_logger
 from nola.model import GPT2LMModel, Past
-from nola.tokenizer import EOS_ID
 
 log = get_logger(__name__)
-
-
-def add_beam_args(parser: argparse.ArgumentParser) -> None:
-    """Data and decoding flags of ``gpt2_beam.py`` (defaults as microsoft/LoRA's script)."""
-    g = parser.add_argument_group("beam search")
-    g.add_argument("--data", required=True, help="encoded jsonl to decode (e.g. ./data/e2e/test.jsonl)")
-    g.add_argument("--batch_size", type=int, default=10, help="distinct contexts decoded together")
-    g.add_argument("--seq_len", type=int, default=512, help="context room = seq_len - eval_len tokens")
-    g.add_argument("--eval_len", type=int, default=256, help="maximum number of generated tokens")
-    g.add_argument("--min_length", type=int, default=0, help="EOS is banned before this many tokens")
-    g.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    g.add_argument("--length_penalty", type=float, default=1.0,
-                   help="finished score = sum_logprob / n_generated ** length_penalty")
-    g.add_argument("--no_repeat_ngram_size", type=int, default=4,
-                   help="ban any n-gram of this size already generated (0: off)")
-    g.add_argument("--repetition_penalty", type=float, default=1.0,
-                   help="CTRL penalty on the logits of tokens already generated (1.0: off)")
-    g.add_argument("--eos_token_id", action="append", type=int, default=[EOS_ID],
-                   help="an end-of-sequence token; each use adds one to the default 50256")
-    g.add_argument("--work_dir", default="gpt2_model", help="folder of the output file")
-    g.add_argument("--output_file", default="beam_prediction.jsonl",
-                   help="jsonl of {\"id\", \"predict\"} per input line, in input order")
-
-
-@dataclass
-class BeamSettings:
-    """The decoding rule's knobs, named as the command-line flags."""
-
-    beam: int = 1
-    eval_len: int = 64
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 4
-    repetition_penalty: float = 1.0
-    min_length: int = 0
-    eos_ids: tuple[int, ...] = field(default=(EOS_ID,))
-
-    def __post_init__(self) -> None:
-        if self.beam < 1:
-            raise ValueError(f"--beam must be >= 1, got {self.beam}")
-        if self.eval_len < 1:
-            raise ValueError(f"--eval_len must be >= 1, got {self.eval_len}")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"--no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"--repetition_penalty must be > 0, got {self.repetition_penalty}")
-        self.eos_ids = tuple(dict.fromkeys(int(t) for t in self.eos_ids))
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "BeamSettings":
-        return cls(beam=args.beam, eval_len=args.eval_len, length_penalty=args.length_penalty,
-                   no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
-                   min_length=args.min_length, eos_ids=tuple(args.eos_token_id))
 
 
 def _process_logits(logits: torch.Tensor, history: torch.Tensor, s: BeamSettings, eos: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Build the model a script asks for from its flags and ``--init_checkpoint``.
+"""Build the model a script asks for from its :class:`~nola.config.ModelSource` and adapter request.
 
 ``--init_checkpoint`` may be a base GPT-2 file (adapter from the flags, freshly initialised), an
 adapter checkpoint (adapter from the file, base from its recorded path or ``--base_checkpoint``,
@@ -6,20 +6,17 @@ verified by SHA-256), or a full state dict (ours with metadata, or microsoft/LoR
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 
-from nola.checkpoint import (adapter_config_from, adapter_tensors, is_adapter, load_adapter_tensors,
-                             load_base_weights, read_checkpoint, split_state)
+from nola.checkpoint import (adapter_config_from, adapter_tensors, check_metadata, is_adapter,
+                             load_adapter_tensors, load_base_weights, read_checkpoint, split_state)
 from nola.errors import fail
 from nola.fileio import sha256_file
-from nola.config import LoRAConfig, NOLAConfig
+from nola.config import AdapterConfig, AdapterRequest, LoRAConfig, ModelSource, NOLAConfig, flag_of, identity_fields
 from nola.log import get_logger
 from nola.model import GPT2Config, GPT2LMModel, describe_trainable
-from nola.options import resolve_adapter
 
 log = get_logger(__name__)
 
@@ -39,55 +36,75 @@ def model_config(card: str) -> GPT2Config:
         fail(str(exc))
 
 
-def _check_card(cfg: GPT2Config, recorded: dict | None, source: str) -> None:
-    if not recorded:
-        return
-    for key in ("n_embd", "n_layer", "n_head", "vocab_size"):
-        if recorded.get(key) != getattr(cfg, key):
-            fail(f"{source} was trained with {key}={recorded.get(key)} (card {recorded.get('card')}) "
-                 f"but --model_card {cfg.card} has {key}={getattr(cfg, key)}: pass the matching --model_card")
-
-
-def _verified_base(args: argparse.Namespace, recorded: dict, source: str) -> tuple[str, str | None]:
-    path = args.base_checkpoint or recorded.get("path")
-    if not path or not Path(path).is_file():
-        fail(f"{source}: base checkpoint {path!r} not found; pass --base_checkpoint PATH to the GPT-2 file it was trained on")
-    want = recorded.get("sha256")
-    got = sha256_file(path) if want else None
-    if want and got != want:
-        fail(f"--base_checkpoint {path}: SHA-256 {got[:12]}... differs from the {want[:12]}... "
-             f"{source} was trained on; use that exact base file")
-    return path, want
-
-
-def build_model(args: argparse.Namespace, device: torch.device, hash_base: bool = True) -> BuiltModel:
-    """The model, on ``device``, with base weights and adapter loaded as the flags/checkpoint say."""
-    cfg = model_config(args.model_card)
-    source = args.init_checkpoint
-    ckpt = read_checkpoint(source) if source else {}
-    recorded = adapter_config_from(ckpt)
-    _check_card(cfg, ckpt.get("model_config"), source)
+def resolve_adapter(request: AdapterRequest, mode: str, recorded: AdapterConfig | None = None) -> AdapterConfig | None:
+    """The adapter to build: the checkpoint's (``recorded``) checked against what was given, or one
+    built from what was given. Contradictions and NOLA+LoRA together are errors."""
+    if request.wants_nola and request.wants_lora:
+        fail("NOLA (--nola_*) and LoRA (--lora_*) flags cannot be combined: choose one adapter")
+    if recorded is not None:
+        return _check_recorded(recorded, request, mode)
     try:
-        adapter = resolve_adapter(args, device.type, recorded)
+        if request.wants_nola:
+            if not (request.nola.get("qv") or request.nola.get("mlp")):
+                fail("--nola_rank needs a target: add --nola_qv and/or --nola_mlp")
+            return NOLAConfig(**{**request.nola, "mode": mode})
+        if request.wants_lora:
+            return LoRAConfig(**request.lora)
+    except ValueError as exc:
+        fail(str(exc))
+    return None
+
+
+def _check_recorded(recorded: AdapterConfig, request: AdapterRequest, mode: str) -> AdapterConfig:
+    is_nola = isinstance(recorded, NOLAConfig)
+    kind = "NOLA" if is_nola else "LoRA"
+    if (is_nola and request.wants_lora) or (not is_nola and request.wants_nola):
+        fail(f"the checkpoint holds a {kind} adapter but {'LoRA' if is_nola else 'NOLA'} flags were given: drop them")
+    given = request.nola if is_nola else request.lora
+    flags = {f.name: flag_of(f) for f in fields(recorded)}
+    for name in identity_fields(type(recorded)):
+        if name in given and given[name] != getattr(recorded, name):
+            fail(f"--{flags[name]} {given[name]} contradicts the checkpoint ({name}={getattr(recorded, name)}): "
+                 f"drop the flag or use the matching checkpoint")
+    runtime = {k: v for k, v in given.items() if k not in identity_fields(type(recorded))}
+    values = {**recorded.to_dict(), **runtime}
+    if is_nola:
+        values["mode"] = mode
+    return type(recorded)(**values)
+
+
+def build_model(source: ModelSource, device: torch.device, request: AdapterRequest | None = None,
+                hash_base: bool = True) -> BuiltModel:
+    """The model, on ``device``, with base weights and adapter loaded as ``source`` and the
+    adapter ``request`` say; a checkpoint's metadata block is checked by :func:`check_metadata`."""
+    request = request or AdapterRequest()
+    cfg = model_config(source.model_card)
+    path = source.init_checkpoint
+    ckpt = read_checkpoint(path) if path else {}
+    recorded = adapter_config_from(ckpt)
+    try:
+        adapter = resolve_adapter(request, source.mode_for(device.type), recorded)
         model = GPT2LMModel(cfg, nola=adapter if isinstance(adapter, NOLAConfig) else None,
                             lora=adapter if isinstance(adapter, LoRAConfig) else None)
     except ValueError as exc:
         fail(str(exc))
-    base_path, base_sha, step = source, None, int(ckpt.get("step", 0) or 0)
+    base_path, base_sha, step = path, None, int(ckpt.get("step", 0) or 0)
     if is_adapter(ckpt):
-        base_path, base_sha = _verified_base(args, ckpt.get("base", {}), source)
+        base_path = source.base_checkpoint or (ckpt.get("base") or {}).get("path")
+        base_sha = check_metadata(ckpt, cfg, path, base_path)
         base, _ = split_state(read_checkpoint(base_path))
         load_base_weights(model, base, base_path)
-        load_adapter_tensors(model, adapter_tensors(ckpt), source)
-    elif source:
+        load_adapter_tensors(model, adapter_tensors(ckpt), path)
+    elif path:
+        if "model_config" in ckpt:
+            check_metadata(ckpt, cfg, path, None)
         base, extra = split_state(ckpt)
-        load_base_weights(model, base, source)
+        load_base_weights(model, base, path)
         if extra and adapter is not None:
-            load_adapter_tensors(model, extra, source)
+            load_adapter_tensors(model, extra, path)
         elif extra:
-            log.warning("%s holds %d adapter tensors but no adapter flags were given; ignoring them", source, len(extra))
+            log.warning("%s holds %d adapter tensors but no adapter flags were given; ignoring them", path, len(extra))
         if hash_base:
-            base_sha = sha256_file(source)
+            base_sha = sha256_file(path)
     log.info(describe_trainable(model))
     return BuiltModel(model.to(device), base_path, base_sha, step)
-

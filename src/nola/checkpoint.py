@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from nola.errors import fail
-from nola.fileio import atomic_torch_save
-from nola.config import LoRAConfig, NOLAConfig
+from nola.fileio import atomic_torch_save, sha256_file
+from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.inject import is_adapter_key
 from nola.log import get_logger
-from nola.model import GPT2LMModel
+from nola.model import GPT2Config, GPT2LMModel
 from nola.quant import dequantize, pack_codes, quantize, unpack_codes
 
 ADAPTER_FORMAT = "nola-adapter"
@@ -96,21 +96,42 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
             tensor.copy_(base[name])
 
 
-def adapter_kind(model: GPT2LMModel) -> str | None:
-    if model.nola_config is not None:
-        return "nola"
-    return "lora" if model.lora_config is not None else None
+def metadata(model: GPT2LMModel, base_path: str | None, base_sha256: str | None) -> dict:
+    """The one metadata block written into adapter files, ``resume.pt`` and exports: format
+    version, adapter kind and configuration, model card, and the base checkpoint's identity."""
+    cfg = model.adapter
+    return {"version": FORMAT_VERSION, "adapter": adapter_kind(cfg), "config": cfg.to_dict() if cfg else None,
+            "model_config": model.config.to_dict(), "base": {"path": base_path, "sha256": base_sha256}}
+
+
+def check_metadata(meta: dict, cfg: GPT2Config, source: str, base_path: str | None,
+                   base_sha256: str | None = None) -> str | None:
+    """Check a metadata block against the model card and, when ``base_path`` is given, the base file
+    (it must exist and have the recorded SHA-256; ``base_sha256``: its hash if already known).
+    Returns the base's SHA-256 (None if unrecorded)."""
+    card = meta.get("model_config")
+    if card:
+        for key in ("n_embd", "n_layer", "n_head", "vocab_size"):
+            if card.get(key) != getattr(cfg, key):
+                fail(f"{source} was trained with {key}={card.get(key)} (card {card.get('card')}) "
+                     f"but --model_card {cfg.card} has {key}={getattr(cfg, key)}: pass the matching --model_card")
+    if base_path is None:
+        return None
+    if not Path(base_path).is_file():
+        fail(f"{source}: base checkpoint {base_path!r} not found; pass --base_checkpoint PATH to the GPT-2 "
+             f"file it was trained on")
+    want = (meta.get("base") or {}).get("sha256")
+    if want:
+        got = base_sha256 or sha256_file(base_path)
+        if got != want:
+            fail(f"{base_path}: SHA-256 {got[:12]}... differs from the {want[:12]}... {source} was trained on; "
+                 f"use that exact base file")
+    return want
 
 
 def _adapter_meta(model: GPT2LMModel, base_path: str | None, base_sha256: str | None, step: int) -> dict:
-    kind = adapter_kind(model)
-    cfg = model.nola_config if kind == "nola" else model.lora_config
-    meta = {
-        "format": ADAPTER_FORMAT, "version": FORMAT_VERSION, "adapter": kind,
-        "config": cfg.to_dict() if cfg else None, "model_config": model.config.to_dict(),
-        "base": {"path": base_path, "sha256": base_sha256}, "step": step,
-    }
-    if kind == "nola":
+    meta = {"format": ADAPTER_FORMAT, **metadata(model, base_path, base_sha256), "step": step}
+    if model.nola is not None:
         meta["seeds"] = {role: {"A": list(g.seeds_a), "B": list(g.seeds_b)} for role, g in model.nola.items()}
     return meta
 
@@ -178,11 +199,6 @@ def load_adapter_tensors(model: GPT2LMModel, tensors: dict[str, torch.Tensor], s
             live[name].copy_(tensor)
 
 
-def adapter_config_from(ckpt: dict) -> NOLAConfig | LoRAConfig | None:
-    """The adapter configuration recorded in an adapter or full checkpoint, if any."""
-    kind, cfg = ckpt.get("adapter"), ckpt.get("config")
-    if kind == "nola":
-        return NOLAConfig(**cfg)
-    if kind == "lora":
-        return LoRAConfig(**cfg)
-    return None
+def adapter_config_from(meta: dict) -> AdapterConfig | None:
+    """The adapter configuration recorded in a metadata block (adapter, full or resume file), if any."""
+    return adapter_from_dict(meta.get("adapter"), meta.get("config"))

@@ -9,6 +9,7 @@ config objects. Adding a setting means adding one field here.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -17,13 +18,15 @@ Check = Callable[[Any], "str | None"]
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, identity: bool = False,
            check: Check | None = None, choices: tuple | None = None, cli: bool = True,
-           short_help: str | None = None) -> Any:
+           aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field with the metadata :mod:`nola.cli` and :func:`validate` read.
 
     ``flag``: the command-line name (default: the field name); ``check``: returns an error text for
-    a bad value, or None; ``choices``: the allowed values; ``cli``: whether a flag exists.
+    a bad value, or None; ``choices``: the allowed values; ``cli``: whether a flag exists;
+    ``aliases``: other spellings of the flag.
     """
-    meta = {"help": help, "flag": flag, "identity": identity, "check": check, "choices": choices, "cli": cli}
+    meta = {"help": help, "flag": flag, "identity": identity, "check": check, "choices": choices, "cli": cli,
+            "aliases": aliases}
     if isinstance(default, (list, dict, set)):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -82,7 +85,8 @@ BASIS_DTYPES = ("float32", "bfloat16", "float64")
 class NOLAConfig:
     """A NOLA adapter: ΔW = s·A·B, A = Σ αᵢAᵢ, B = Σ βⱼBⱼ, s = c/r (stored in every adapter file)."""
 
-    rank: int = option(8, "rank r of A and B", flag="nola_rank", identity=True, check=at_least(1))
+    rank: int = option(8, "rank r of A and B; NOLA is on when this (above 0), --nola_qv, "
+                       "--nola_mlp or --qnola is given", flag="nola_rank", identity=True, check=at_least(1))
     num_basis: int = option(1000, "k = l, random basis matrices per factor", flag="nola_num_basis",
                             identity=True, check=at_least(1))
     c: float = option(1.0, "scale numerator: s = c / r", flag="nola_c", identity=True, check=finite)
@@ -91,7 +95,7 @@ class NOLAConfig:
     seed: int = option(0, "seed all bases derive from", flag="nola_seed", identity=True, check=at_least(0))
     seed_per_layer: bool = option(False, "a basis per layer instead of one per role shared by all layers",
                                   flag="nola_seed_per_layer", identity=True)
-    qbits: int | None = option(None, "bits per coefficient with --qnola (2..8, default 3)", flag="qbits",
+    qbits: int | None = option(None, "bits per coefficient with --qnola (2..8; 3 when --qnola comes alone)", flag="qbits",
                                identity=True, check=in_range(2, 8))
     mode: str = option("materialised", "basis execution: materialised (kept in memory) or onthefly "
                        "(regenerated in chunks, no memory)", flag="nola_mode", choices=MODES, cli=False)
@@ -115,7 +119,8 @@ class NOLAConfig:
 class LoRAConfig:
     """microsoft/LoRA's NLG baseline: loralib on the query and value of the fused projection."""
 
-    dim: int = option(4, "LoRA rank on q and v", flag="lora_dim", identity=True, check=at_least(1))
+    dim: int = option(4, "LoRA rank on q and v; LoRA is on when this is given above 0",
+                     flag="lora_dim", identity=True, check=at_least(1))
     alpha: float = option(128.0, "LoRA scaling numerator (scale = alpha / dim)", flag="lora_alpha",
                           identity=True, check=finite)
     dropout: float = option(0.0, "dropout on LoRA's input", flag="lora_dropout",
@@ -146,3 +151,172 @@ def adapter_from_dict(kind: str | None, values: dict | None) -> AdapterConfig | 
 
 def adapter_kind(cfg: AdapterConfig | None) -> str | None:
     return None if cfg is None else ("nola" if isinstance(cfg, NOLAConfig) else "lora")
+
+
+DEFAULT_QBITS = 3  # bits per coefficient when --qnola is given without --qbits
+EOS_ID = 50256  # GPT-2's <|endoftext|>
+SCHEDULERS = ("linear", "cosine", "constant", "cycle")
+
+
+@dataclass(kw_only=True)
+class LaunchConfig:
+    """Where and how a process runs: launcher rank, device, threads, seed."""
+
+    platform: str = option("local", "local: env:// rendezvous from the launcher (NCCL on CUDA, Gloo on CPU)",
+                           choices=("local", "k8s"))
+    local_rank: int | None = option(None, "set by torch.distributed.launch; torchrun uses LOCAL_RANK instead",
+                                    aliases=("local-rank",))
+    device: str = option("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
+    threads: int | None = option(None, "CPU threads per process (default: cores / local ranks)", check=at_least(1))
+    random_seed: int = option(10, "seed for data order, dropout and init", check=at_least(0))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(kw_only=True)
+class ModelSource:
+    """Which GPT-2 to build and from which file; the NOLA execution mode is chosen here because
+    ``auto`` depends on the device."""
+
+    model_card: str = option("gpt2.md", "gpt2.sm | gpt2.md | gpt2.lg, or a JSON file with GPT2Config keys")
+    init_checkpoint: str | None = option(None, "GPT-2 weights (.bin/.safetensors, any published layout), an "
+                                         "adapter checkpoint written by gpt2_ft.py, or a full state dict")
+    base_checkpoint: str | None = option(None, "base GPT-2 file for an adapter checkpoint whose recorded base "
+                                         "has moved")
+    nola_mode: str = option("auto", "basis execution: materialised (kept in memory), onthefly (regenerated "
+                            "in chunks, no memory); auto = materialised on CPU, onthefly on CUDA",
+                            choices=("auto",) + MODES)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def mode_for(self, device_type: str) -> str:
+        if self.nola_mode != "auto":
+            return self.nola_mode
+        return "onthefly" if device_type == "cuda" else "materialised"
+
+
+@dataclass(kw_only=True)
+class RunIO:
+    """Sequence length and output folder, shared by training and decoding (one definition each)."""
+
+    seq_len: int = option(512, "tokens per example (decoding: context room = seq_len - eval_len)",
+                          check=at_least(2))
+    work_dir: str | None = option(None, "output folder (gpt2_ft.py: default the --resume folder, else "
+                                  "$PT_OUTPUT_DIR, else gpt2_model; gpt2_beam.py: default gpt2_model)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunIO):
+    """microsoft/LoRA's NLG training flags (their names), plus resume and stop controls."""
+
+    train_data: str = option(help="encoded training jsonl (create_datasets.sh)")
+    valid_data: str = option(help="encoded validation jsonl")
+    train_batch_size: int = option(8, "batch per process", check=at_least(1))
+    valid_batch_size: int = option(4, "validation batch per process", check=at_least(1))
+    grad_acc: int = option(1, "batches per optimiser update", check=at_least(1))
+    clip: float = option(0.0, "max gradient norm (0: no clipping)", check=at_least(0))
+    obj: str = option("clm", "clm: loss on the completion only; jlm: joint LM, loss on context and completion",
+                      choices=("clm", "jlm"))
+    label_smooth: float = option(0.0, "label smoothing of the training loss", check=in_range(0, 1, high_open=True))
+    fp16: bool = option(False, "mixed precision: fp16 autocast + loss scaling on CUDA, bf16 autocast on CPU")
+    bf16: bool = option(False, "bf16 autocast (CUDA with bf16 support, or CPU)")
+    log_interval: int = option(100, "steps per training log line", check=at_least(1))
+    eval_interval: int = option(2000, "steps per validation", check=at_least(1))
+    eval_epoch: int = option(1, "validate at the end of every N-th epoch", check=at_least(1))
+    save_interval: int = option(500, "steps per checkpoint (one is also written at every epoch end)",
+                                check=at_least(1))
+    save_full: bool = option(False, "checkpoints hold the full state dict (as the original code), not just "
+                             "the adapter")
+    resume: str | None = option(None, "continue the interrupted run saved in WORK_DIR (or its resume.pt)")
+    stop_at_step: int | None = option(None, "end this session after this step with a checkpoint, schedule "
+                                      "unchanged; continue later with --resume", check=at_least(1))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.fp16 and self.bf16:
+            raise ValueError("--fp16 and --bf16 exclude each other: choose one")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """microsoft/LoRA's optimiser and schedule flags, same names and defaults (``--adam_epislon`` sic)."""
+
+    lr: float = option(1e-5, "peak learning rate", check=at_least(0))
+    weight_decay: float = option(0.01, "decoupled weight decay", check=at_least(0))
+    correct_bias: bool = option(False, "Adam bias correction (off unless given)")
+    adam_epsilon: float = option(1e-6, "Adam epsilon (both spellings)", flag="adam_epislon",
+                                aliases=("adam_epsilon",), check=at_least(0))
+    no_decay_bias: bool = option(False, "no weight decay on biases and LayerNorm weights")
+    adam_beta1: float = option(0.9, "Adam beta1", check=in_range(0, 1, high_open=True))
+    adam_beta2: float = option(0.98, "Adam beta2", check=in_range(0, 1, high_open=True))
+    scheduler: str = option("linear", "linear/cosine decay to 0 at max_step, constant, or cycle (--i_steps/--i_lrs)",
+                            choices=SCHEDULERS)
+    warmup_step: int = option(0, "linear warm-up batches", check=at_least(0))
+    max_step: int | None = option(None, "batches to train (default: max_epoch x batches per epoch / world size)",
+                                  check=at_least(1))
+    max_epoch: int | None = option(None, "epochs to train", check=at_least(1))
+    i_steps: str = option("0", "cycle: comma-separated steps of the lr knots")
+    i_lrs: str = option("0.00025", "cycle: comma-separated lrs at those steps")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.max_step is None and self.max_epoch is None and self.scheduler != "cycle":
+            raise ValueError("give --max_epoch (as the paper's commands do) or --max_step")
+
+
+@dataclass(kw_only=True)
+class BeamSettings:
+    """The decoding rule's knobs (microsoft/LoRA's gpt2_beam.py flags and defaults)."""
+
+    beam: int = option(1, "beam size (1: greedy)", check=at_least(1))
+    eval_len: int = option(256, "maximum number of generated tokens", check=at_least(1))
+    length_penalty: float = option(1.0, "finished score = sum_logprob / n_generated ** length_penalty", check=finite)
+    no_repeat_ngram_size: int = option(4, "ban any n-gram of this size already generated (0: off)", check=at_least(0))
+    repetition_penalty: float = option(1.0, "CTRL penalty on the logits of tokens already generated (1.0: off)",
+                                       check=lambda v: None if _finite(v) and v > 0 else "must be > 0")
+    min_length: int = option(0, "EOS is banned before this many tokens", check=at_least(0))
+    eos_ids: tuple[int, ...] = option((EOS_ID,), "an end-of-sequence token; each use adds one to the default "
+                                      "50256", flag="eos_token_id", check=lambda v: None if all(
+                                          isinstance(t, int) and t >= 0 for t in v) else "must be >= 0")
+
+    def __post_init__(self) -> None:
+        self.eos_ids = tuple(dict.fromkeys(int(t) for t in self.eos_ids))
+        validate(self)
+
+
+@dataclass(kw_only=True)
+class DecodeConfig(RunIO):
+    """What gpt2_beam.py decodes and where it writes."""
+
+    data: str = option(help="encoded jsonl to decode (e.g. ./data/e2e/test.jsonl)")
+    batch_size: int = option(10, "distinct contexts decoded together", check=at_least(1))
+    output_file: str = option("beam_prediction.jsonl", 'jsonl of {"id", "predict"} per input line, in input order')
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def output_path(self) -> str:
+        return os.path.join(self.work_dir or "gpt2_model", self.output_file)
+
+
+@dataclass
+class AdapterRequest:
+    """The adapter settings a user actually gave (config field -> value), before any checkpoint's
+    record is consulted: decoding takes an adapter's settings from its file, and only what was
+    given is checked against it."""
+
+    nola: dict = field(default_factory=dict)
+    lora: dict = field(default_factory=dict)
+
+    @property
+    def wants_nola(self) -> bool:
+        """``--nola_rank`` above 0, or a target or bit width given."""
+        return self.nola.get("rank", 0) > 0 or any(k in self.nola for k in ("qv", "mlp", "qbits"))
+
+    @property
+    def wants_lora(self) -> bool:
+        """``--lora_dim`` above 0 (microsoft/LoRA: 0 means no LoRA)."""
+        return self.lora.get("dim", 0) > 0

@@ -14,6 +14,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from nola.config import TrainConfig
 from nola.errors import fail
 
 FIX_HINT = "re-encode it with `bash create_datasets.sh` (or src/gpt2_encode.py --vocab ./vocab)"
@@ -92,6 +93,30 @@ class FTDataset(Dataset):
             "query": torch.tensor(_pad(query, query_room, 0), dtype=torch.long),
             "query_len": torch.tensor(len(query), dtype=torch.long),
         }
+
+
+class JointLM(Dataset):
+    """``--obj jlm``: the loss covers every real target token, context included (original's joint_lm)."""
+
+    def __init__(self, dataset: FTDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.dataset[index]
+        ds = self.dataset
+        real = min(len(ds.contexts[index]) + len(ds.completions[index]), ds.seq_len) - 1
+        item["mask"] = (torch.arange(ds.seq_len) < real).float()
+        return item
+
+
+def training_datasets(cfg: TrainConfig, vocab_size: int) -> tuple[Dataset, Dataset]:
+    """The training set (wrapped for ``--obj jlm``) and the validation set of a run."""
+    train_ds = FTDataset(cfg.train_data, cfg.seq_len, vocab_size=vocab_size)
+    valid_ds = FTDataset(cfg.valid_data, cfg.seq_len, vocab_size=vocab_size)
+    return (JointLM(train_ds) if cfg.obj == "jlm" else train_ds), valid_ds
 
 
 def make_loader(

@@ -1,7 +1,6 @@
 """Launcher-agnostic process set-up: torch.distributed.launch, torchrun, or plain python."""
 from __future__ import annotations
 
-import argparse
 import os
 import random
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nola.config import LaunchConfig
 from nola.errors import fail
 from nola.log import get_logger, set_rank
 
@@ -34,24 +34,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def add_launch_args(parser: argparse.ArgumentParser) -> None:
-    """--platform, --local_rank (all spellings the launchers pass), --device, --threads, --random_seed."""
-    g = parser.add_argument_group("launch")
-    g.add_argument("--platform", default="local", choices=("local", "k8s"),
-                   help="local: env:// rendezvous from the launcher (NCCL on CUDA, Gloo on CPU)")
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
-                   help="set by torch.distributed.launch; torchrun uses LOCAL_RANK instead")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / local ranks)")
-    g.add_argument("--random_seed", type=int, default=10, help="seed for data order, dropout and init")
-
-
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return default if value in (None, "") else int(value)
 
 
-def init_distributed(args: argparse.Namespace) -> DistContext:
+def init_distributed(args: LaunchConfig) -> DistContext:
     """Read rank/world size from the launcher, pick the device and backend, set threads and seeds."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)

@@ -12,7 +12,6 @@ after batch ``t`` (1-based) uses ``lr_at(t - 1)``, exactly as the original's per
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from typing import Iterable
@@ -20,31 +19,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from nola.config import OptimConfig
 from nola.errors import fail
 
-SCHEDULERS = ("linear", "cosine", "constant", "cycle")
 NO_DECAY = ("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")
-
-
-def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
-    """microsoft/LoRA's optimiser flags, same names and defaults (``--adam_epislon`` sic)."""
-    g = parser.add_argument_group("optimiser")
-    g.add_argument("--lr", type=float, default=1e-5, help="peak learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.01, help="decoupled weight decay")
-    g.add_argument("--correct_bias", action="store_true", help="Adam bias correction (off unless given)")
-    g.add_argument("--adam_epislon", "--adam_epsilon", dest="adam_epsilon", type=float, default=1e-6,
-                   help="Adam epsilon (both spellings)")
-    g.add_argument("--no_decay_bias", action="store_true", help="no weight decay on biases and LayerNorm weights")
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.98)
-    g.add_argument("--scheduler", default="linear", choices=SCHEDULERS,
-                   help="linear/cosine decay to 0 at max_step, constant, or cycle (--i_steps/--i_lrs)")
-    g.add_argument("--warmup_step", type=int, default=0, help="linear warm-up batches")
-    g.add_argument("--max_step", type=int, default=None,
-                   help="batches to train (default: max_epoch x batches per epoch / world size)")
-    g.add_argument("--max_epoch", type=int, default=None, help="epochs to train")
-    g.add_argument("--i_steps", default="0", help="cycle: comma-separated steps of the lr knots")
-    g.add_argument("--i_lrs", default="0.00025", help="cycle: comma-separated lrs at those steps")
 
 
 class AdamW(torch.optim.Optimizer):
@@ -97,7 +75,7 @@ def param_groups(model: nn.Module, no_decay_bias: bool) -> list[dict]:
     return [g for g in ({"params": decay}, {"params": plain, "weight_decay": 0.0}) if g["params"]]
 
 
-def make_optimizer(model: nn.Module, args: argparse.Namespace) -> AdamW:
+def make_optimizer(model: nn.Module, args: OptimConfig) -> AdamW:
     return AdamW(param_groups(model, args.no_decay_bias), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                  eps=args.adam_epsilon, weight_decay=args.weight_decay, correct_bias=args.correct_bias)
 

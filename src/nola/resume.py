@@ -7,7 +7,6 @@ that epoch already trained). It is rewritten atomically at every save, after the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -18,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nola.build import resolve_adapter
 from nola.checkpoint import adapter_config_from
+from nola.config import AdapterRequest, NOLAConfig, TrainConfig, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_open, atomic_torch_save
-from nola.config import LoRAConfig, NOLAConfig
-from nola.options import LORA_FLAGS, NOLA_FLAGS, resolve_adapter
 
 RESUME_FORMAT = "nola-resume"
 RESUME_FILE = "resume.pt"
@@ -72,42 +71,61 @@ def load_resume(where: str | os.PathLike) -> dict:
         fail(f"--resume {path}: unreadable or truncated ({type(exc).__name__}); resume from an intact work_dir")
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         fail(f"--resume {path}: not a resume file written by gpt2_ft.py")
+    if "adapter_config" in state:  # written before the shared metadata block: same facts, older key
+        state["config"] = state.pop("adapter_config")
     return state
 
 
-def save_resume(state: dict, work_dir: str | os.PathLike) -> int:
-    """Write ``work_dir/resume.pt`` atomically; return its size."""
-    return atomic_torch_save({"format": RESUME_FORMAT, "version": 1, **state}, Path(work_dir) / RESUME_FILE)
+def save_resume(work_dir: str | os.PathLike, meta: dict, position: dict, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rngs: list, run: dict) -> int:
+    """Write ``work_dir/resume.pt`` atomically (the metadata block of :func:`nola.checkpoint.metadata`,
+    the data position, trainable tensors, optimiser, scaler, every rank's RNG); return its size."""
+    state = {"format": RESUME_FORMAT, **meta, **position,
+             "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs, "run": run}
+    return atomic_torch_save(state, Path(work_dir) / RESUME_FILE)
 
 
-def recorded_adapter(state: dict) -> NOLAConfig | LoRAConfig | None:
-    return adapter_config_from({"adapter": state["adapter"], "config": state["adapter_config"]})
+def restore_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      state: dict) -> None:
+    """Put the saved trainable tensors, optimiser and scaler state back."""
+    saved = state["trainable"]
+    live = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(live) or any(saved[n].shape != p.shape for n, p in live.items()):
+        fail("--resume: the saved trainable tensors do not fit this model; use the interrupted run's flags")
+    with torch.no_grad():
+        for name, param in live.items():
+            param.copy_(saved[name])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
 
 
-def adopt_resume_flags(args: argparse.Namespace, state: dict) -> None:
-    """Check the flags against the interrupted run, then take its adapter settings.
+def run_record(cfg: TrainConfig, random_seed: int, world_size: int) -> dict:
+    """The flags the data position and schedule depend on, as stored in ``resume.pt``."""
+    return {**{k: getattr(cfg, k) for k in RUN_KEYS if k != "random_seed"}, "random_seed": random_seed,
+            "world_size": world_size}
+
+
+def adopt_resume(state: dict, cfg: TrainConfig, random_seed: int, request: AdapterRequest) -> AdapterRequest:
+    """Check the configs against the interrupted run, then take its adapter settings.
 
     Adapter flags that contradict the recorded adapter, and data/schedule flags that would move
-    the data position, are errors; adapter flags left out are filled from the record.
-    """
+    the data position, are errors; adapter settings left out are filled from the record."""
+    now = run_record(cfg, random_seed, state["run"]["world_size"])
     for key in RUN_KEYS:
-        if getattr(args, key) != state["run"][key]:
-            fail(f"--{key} {getattr(args, key)} differs from the interrupted run's {state['run'][key]}: "
-                 f"resume with the same value")
-    recorded = recorded_adapter(state)
+        if now[key] != state["run"][key]:
+            fail(f"--{key} {now[key]} differs from the interrupted run's {state['run'][key]}: resume with the same value")
+    recorded = adapter_config_from(state)
     if recorded is None:
-        if resolve_adapter(args, "cpu") is not None:
+        if request.wants_nola or request.wants_lora:
             fail("--resume: the interrupted run trained the full model, without an adapter: drop the adapter flags")
-        return
-    resolve_adapter(args, "cpu", recorded)
+        return request
+    resolved = resolve_adapter(request, "materialised", recorded)
     if isinstance(recorded, NOLAConfig):
-        for flag, field in NOLA_FLAGS.items():
-            setattr(args, flag, getattr(recorded, field))
-        args.qnola = recorded.qbits is not None
-    else:
-        for flag, field in LORA_FLAGS.items():
-            if field != "dropout" or getattr(args, flag) is None:
-                setattr(args, flag, getattr(recorded, field))
+        values = {k: getattr(resolved, k) for k in identity_fields(NOLAConfig)}
+        return AdapterRequest(nola={**request.nola, **values})
+    return AdapterRequest(lora={**request.lora, **{k: getattr(resolved, k) for k in ("dim", "alpha", "dropout")}})
 
 
 def check_resume_world(state: dict, world_size: int) -> None:

@@ -5,7 +5,7 @@ zeros of the right shapes, and the file is written by :func:`nola.checkpoint.sav
 so the figure includes the exact container overhead (zip records, pickled metadata) and the b-bit
 packing. Values do not change the size: tensors are stored uncompressed.
 
-``PYTHONPATH=src python -m nola.sizes`` prints the table for GPT-2 S/M/L on q and v.
+``python benchmarks/adapter_size.py`` prints the table for GPT-2 S/M/L on q and v.
 """
 from __future__ import annotations
 
@@ -43,13 +43,13 @@ def adapter_file_bytes(cfg: GPT2Config, adapter: NOLAConfig | LoRAConfig, base_p
 
 
 PAPER_SETTINGS = [
-    ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000)),
-    ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qbits=4)),
-    ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qbits=3)),
-    ("NOLA r=8 k=l=500 fp32", NOLAConfig(rank=8, num_basis=500)),
-    ("NOLA r=8 k=l=500 3-bit", NOLAConfig(rank=8, num_basis=500, qbits=3)),
-    ("NOLA r=8 k=l=375 fp32", NOLAConfig(rank=8, num_basis=375)),
-    ("NOLA r=8 k=l=375 3-bit", NOLAConfig(rank=8, num_basis=375, qbits=3)),
+    ("NOLA r=8 k=l=1000 fp32", NOLAConfig(rank=8, num_basis=1000, qv=True)),
+    ("NOLA r=8 k=l=1000 4-bit", NOLAConfig(rank=8, num_basis=1000, qv=True, qbits=4)),
+    ("NOLA r=8 k=l=1000 3-bit", NOLAConfig(rank=8, num_basis=1000, qv=True, qbits=3)),
+    ("NOLA r=8 k=l=500 fp32", NOLAConfig(rank=8, num_basis=500, qv=True)),
+    ("NOLA r=8 k=l=500 3-bit", NOLAConfig(rank=8, num_basis=500, qv=True, qbits=3)),
+    ("NOLA r=8 k=l=375 fp32", NOLAConfig(rank=8, num_basis=375, qv=True)),
+    ("NOLA r=8 k=l=375 3-bit", NOLAConfig(rank=8, num_basis=375, qv=True, qbits=3)),
     ("LoRA r=4 fp32", LoRAConfig(dim=4, alpha=32.0)),
     ("LoRA r=1 fp32", LoRAConfig(dim=1, alpha=32.0)),
 ]
@@ -67,13 +67,3 @@ def paper_sizes(card: str = "gpt2.md") -> list[tuple[str, int, int]]:
 
 
 CARDS = tuple(_CARD_SIZE)
-
-
-def main() -> None:
-    for card in CARDS:
-        for name, params, size in paper_sizes(card):
-            print(f"{card}  {name:<26} {params:>9,} params  {size:>10,} bytes  {size / 1024:9.1f} KB")
-
-
-if __name__ == "__main__":
-    main()

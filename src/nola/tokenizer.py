@@ -14,11 +14,11 @@ import json
 import os
 from pathlib import Path
 
+from nola.config import EOS_ID
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.formats import read_formatted
 
-EOS_ID = 50256
 EOS_TOKEN = "<|endoftext|>"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
 _BATCH = 4096

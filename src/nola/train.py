@@ -11,8 +11,8 @@ Outputs in ``--work_dir``: ``model.<step>.pt`` (the compact adapter file, or a f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -31,110 +31,35 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nola.build import BuiltModel, build_model, model_config
-from nola.checkpoint import adapter_kind, save_adapter
-from nola.data import FTDataset, make_loader
+from nola.checkpoint import check_metadata, metadata, save_adapter
+from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
+from nola.dataset import make_loader, training_datasets
 from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed
 from nola.errors import fail
 from nola.fileio import atomic_open
-from nola.config import NOLAConfig
 from nola.log import get_logger
 from nola.model import lm_loss
-from nola.optim import Schedule, add_optimizer_args, cycle_knots, make_optimizer
-from nola.resume import (RUN_KEYS, adopt_resume_flags, check_resume_world, load_resume, resume_path,
-                         rng_state, save_resume, set_rng_state, trim_log)
+from nola.optim import Schedule, cycle_knots, make_optimizer
+from nola.resume import (adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path, rng_state,
+                         run_record, save_resume, set_rng_state, trim_log)
 from nola.sizes import adapter_file_bytes
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    """Data, objective, precision, logging and checkpoint flags (microsoft/LoRA's names), plus
-    the optimiser flags of :func:`nola.optim.add_optimizer_args`."""
-    g = parser.add_argument_group("training")
-    g.add_argument("--train_data", required=True, help="encoded training jsonl (create_datasets.sh)")
-    g.add_argument("--valid_data", required=True, help="encoded validation jsonl")
-    g.add_argument("--train_batch_size", type=int, default=8, help="batch per process")
-    g.add_argument("--valid_batch_size", type=int, default=4)
-    g.add_argument("--grad_acc", type=int, default=1, help="batches per optimiser update")
-    g.add_argument("--clip", type=float, default=0.0, help="max gradient norm (0: no clipping)")
-    g.add_argument("--seq_len", type=int, default=512, help="tokens per training example")
-    g.add_argument("--obj", default="clm", choices=("clm", "jlm"),
-                   help="clm: loss on the completion only; jlm: joint LM, loss on context and completion")
-    g.add_argument("--label_smooth", type=float, default=0.0, help="label smoothing of the training loss")
-    g.add_argument("--fp16", action="store_true",
-                   help="mixed precision: fp16 autocast + loss scaling on CUDA, bf16 autocast on CPU")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA with bf16 support, or CPU)")
-
-    o = parser.add_argument_group("logging and checkpoints")
-    o.add_argument("--log_interval", type=int, default=100, help="steps per training log line")
-    o.add_argument("--eval_interval", type=int, default=2000, help="steps per validation")
-    o.add_argument("--eval_epoch", type=int, default=1, help="validate at the end of every N-th epoch")
-    o.add_argument("--save_interval", type=int, default=500, help="steps per checkpoint")
-    o.add_argument("--work_dir", default=None,
-                   help="folder for model.<step>.pt, resume.pt and log.jsonl (default: the --resume "
-                        "folder, else $PT_OUTPUT_DIR, else gpt2_model)")
-    o.add_argument("--save_full", action="store_true",
-                   help="checkpoints hold the full state dict (as the original code), not just the adapter")
-    o.add_argument("--resume", default=None, metavar="WORK_DIR",
-                   help="continue the interrupted run saved in WORK_DIR (or its resume.pt)")
-    o.add_argument("--stop_at_step", type=int, default=None,
-                   help="end this session after this step with a checkpoint, schedule unchanged; "
-                        "continue later with --resume")
-    add_optimizer_args(parser)
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Flag checks that need no file: one-line errors before any work."""
-    positive = ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
-                "eval_interval", "eval_epoch", "save_interval")
-    for name in positive:
-        if getattr(args, name) < 1:
-            fail(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("max_step", "max_epoch", "stop_at_step"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            fail(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.max_step is None and args.max_epoch is None and args.scheduler != "cycle":
-        fail("give --max_epoch (as the paper's commands do) or --max_step")
-    if args.warmup_step < 0 or args.clip < 0:
-        fail("--warmup_step and --clip must not be negative")
-    if not 0.0 <= args.label_smooth < 1.0:
-        fail(f"--label_smooth {args.label_smooth} must be in [0, 1)")
-    if args.fp16 and args.bf16:
-        fail("--fp16 and --bf16 exclude each other: choose one")
-    if args.scheduler == "cycle":
-        cycle_knots(args.i_steps, args.i_lrs)
-
-
-def default_max_step(args: argparse.Namespace, num_examples: int, world_size: int) -> int:
+def default_max_step(optim: OptimConfig, batch_size: int, num_examples: int, world_size: int) -> int:
     """``--max_step``, else the last ``--i_steps`` knot (cycle), else the original's
     ``ceil(max_epoch · ceil(N / batch) / world_size)``."""
-    if args.max_step is not None:
-        return args.max_step
-    if args.scheduler == "cycle":
-        return cycle_knots(args.i_steps, args.i_lrs)[-1][0]
-    batches = math.ceil(num_examples / args.train_batch_size)
-    return (args.max_epoch * batches + world_size - 1) // world_size
+    if optim.max_step is not None:
+        return optim.max_step
+    if optim.scheduler == "cycle":
+        return cycle_knots(optim.i_steps, optim.i_lrs)[-1][0]
+    batches = math.ceil(num_examples / batch_size)
+    return (optim.max_epoch * batches + world_size - 1) // world_size
 
 
-class JointLM(Dataset):
-    """``--obj jlm``: the loss covers every real target token, context included (original's joint_lm)."""
-
-    def __init__(self, dataset: FTDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = self.dataset[index]
-        ds = self.dataset
-        real = min(len(ds.contexts[index]) + len(ds.completions[index]), ds.seq_len) - 1
-        item["mask"] = (torch.arange(ds.seq_len) < real).float()
-        return item
-
-
-def _precision(args: argparse.Namespace, device: torch.device) -> tuple[torch.dtype | None, bool]:
+def _precision(args: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether to scale the loss)."""
     if device.type == "cuda":
         if args.fp16:
@@ -153,27 +78,27 @@ def _precision(args: argparse.Namespace, device: torch.device) -> tuple[torch.dt
 class Trainer:
     """State and steps of one fine-tuning run on one process."""
 
-    def __init__(self, args: argparse.Namespace, ctx: DistContext, built: BuiltModel, train_ds: Dataset,
-                 valid_ds: Dataset, resume: dict | None) -> None:
-        self.args, self.ctx, self.device = args, ctx, ctx.device
+    def __init__(self, args: TrainConfig, optim: OptimConfig, seed: int, ctx: DistContext, built: BuiltModel,
+                 train_ds: Dataset, valid_ds: Dataset, resume: dict | None) -> None:
+        self.args, self.optim, self.seed, self.ctx, self.device = args, optim, seed, ctx, ctx.device
         self.model, self.base_path, self.base_sha = built.model, built.base_path, built.base_sha256
         self.work_dir = Path(args.work_dir)
         self.train_ds = train_ds
-        self.loader = make_loader(train_ds, args.train_batch_size, shuffle=True, seed=args.random_seed,
+        self.loader = make_loader(train_ds, args.train_batch_size, shuffle=True, seed=seed,
                                   rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
         if len(self.loader) == 0:
             fail(f"--train_data {args.train_data}: {len(train_ds)} examples make no full batch of "
                  f"{args.train_batch_size} on each of {ctx.world_size} processes; lower --train_batch_size")
         shard = Subset(valid_ds, range(ctx.rank, len(valid_ds), ctx.world_size))
         self.valid_loader = DataLoader(shard, batch_size=args.valid_batch_size, shuffle=False)
-        self.max_step = default_max_step(args, len(train_ds), ctx.world_size)
-        knots = cycle_knots(args.i_steps, args.i_lrs) if args.scheduler == "cycle" else ()
-        self.schedule = Schedule(args.scheduler, args.lr, args.warmup_step, self.max_step, knots)
+        self.max_step = default_max_step(optim, args.train_batch_size, len(train_ds), ctx.world_size)
+        knots = cycle_knots(optim.i_steps, optim.i_lrs) if optim.scheduler == "cycle" else ()
+        self.schedule = Schedule(optim.scheduler, optim.lr, optim.warmup_step, self.max_step, knots)
         self.amp_dtype, scale = _precision(args, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=scale)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.model, args)
-        self.full = args.save_full or adapter_kind(self.model) is None
+        self.optimizer = make_optimizer(self.model, optim)
+        self.full = args.save_full or self.model.adapter is None
         self.step, self.position, self.best_ppl, self.rng = 0, (1, 0), None, None
         if resume is not None:
             self._restore(resume)
@@ -186,31 +111,10 @@ class Trainer:
 
     # --- resume -------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
-        saved = state["trainable"]
-        live = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        if set(saved) != set(live) or any(saved[n].shape != p.shape for n, p in live.items()):
-            fail("--resume: the saved trainable tensors do not fit this model; use the interrupted run's flags")
-        with torch.no_grad():
-            for name, param in live.items():
-                param.copy_(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        restore_trainable(self.model, self.optimizer, self.scaler, state)
         self.step, self.best_ppl = state["step"], state["best_ppl"]
         self.position = (state["epoch"], state["batch"])
         self.rng = state["rng"][self.ctx.rank]
-
-    def _resume_state(self, epoch: int, batch: int, rngs: list) -> dict:
-        cfg = self.model.nola_config or self.model.lora_config
-        return {
-            "step": self.step, "epoch": epoch, "batch": batch, "best_ppl": self.best_ppl,
-            "trainable": {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
-            "adapter": adapter_kind(self.model), "adapter_config": cfg.to_dict() if cfg else None,
-            "base": {"path": self.base_path, "sha256": self.base_sha},
-            "model_config": self.model.config.to_dict(),
-            "run": {**{k: getattr(self.args, k) for k in RUN_KEYS}, "world_size": self.ctx.world_size},
-        }
 
     # --- outputs ------------------------------------------------------------------------------
     def _row(self, **row) -> None:
@@ -227,7 +131,10 @@ class Trainer:
                 size = save_adapter(self.model, path, self.base_path, self.base_sha, self.step, full=self.full)
                 log.info("saved %s: %s bytes (%.1f KB)%s", path, f"{size:,}", size / 1024,
                          ", full state dict" if self.full else "")
-            save_resume(self._resume_state(epoch, batch, rngs), self.work_dir)
+            position = {"step": self.step, "epoch": epoch, "batch": batch, "best_ppl": self.best_ppl}
+            run = run_record(self.args, self.seed, self.ctx.world_size)
+            save_resume(self.work_dir, metadata(self.model, self.base_path, self.base_sha), position,
+                        self.model, self.optimizer, self.scaler, rngs, run)
         self.last_model_step = self.step
         barrier()
 
@@ -300,7 +207,7 @@ class Trainer:
         args = self.args
         epoch, skip = self.position
         meter, tick = [0.0, 0], time.perf_counter()
-        while args.max_epoch is None or epoch <= args.max_epoch:
+        while self.optim.max_epoch is None or epoch <= self.optim.max_epoch:
             self.loader.sampler.set_epoch(epoch)
             done = False
             for idx, ids in enumerate(itertools.islice(self.loader.batch_sampler, skip, None), start=skip):
@@ -346,19 +253,13 @@ class Trainer:
         self._row(step=self.step, split="train", lr=lr, loss=loss, avg_loss=avg, ppl=ppl, ms_per_batch=ms)
 
 
-def _datasets(args: argparse.Namespace, vocab_size: int) -> tuple[Dataset, Dataset]:
-    train_ds = FTDataset(args.train_data, args.seq_len, vocab_size=vocab_size)
-    valid_ds = FTDataset(args.valid_data, args.seq_len, vocab_size=vocab_size)
-    return (JointLM(train_ds) if args.obj == "jlm" else train_ds), valid_ds
-
-
 def _announce(trainer: Trainer, num_train: int, num_valid: int) -> None:
     args, model, ctx = trainer.args, trainer.model, trainer.ctx
     precision = {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}[trainer.amp_dtype]
     log.info("%d process(es) on %s, %s; %d training / %d validation examples; %d batches per epoch per "
              "process; max_step %d", ctx.world_size, trainer.device.type, precision, num_train, num_valid,
              len(trainer.loader), trainer.max_step)
-    adapter = model.nola_config or model.lora_config
+    adapter = model.adapter
     if adapter is None:
         log.info("no adapter: checkpoints hold the full state dict")
         return
@@ -368,24 +269,27 @@ def _announce(trainer: Trainer, num_train: int, num_valid: int) -> None:
              "; --save_full writes full state dicts instead" if args.save_full else "")
 
 
-def train(args: argparse.Namespace) -> None:
-    """Validate everything, then fine-tune as the flags say."""
-    resume = load_resume(args.resume) if args.resume else None
+def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cfg: TrainConfig,
+          optim: OptimConfig) -> None:
+    """Check everything, then fine-tune as the configs say (``--resume``: continue a run)."""
+    if optim.scheduler == "cycle":
+        cycle_knots(optim.i_steps, optim.i_lrs)
+    resume = load_resume(cfg.resume) if cfg.resume else None
     if resume is not None:
-        adopt_resume_flags(args, resume)
-    if args.work_dir is None:
-        args.work_dir = str(resume_path(args.resume).parent) if resume else os.getenv("PT_OUTPUT_DIR", "gpt2_model")
-    check_args(args)
-    ctx = init_distributed(args)
+        request = adopt_resume(resume, cfg, launch.random_seed, request)
+    if cfg.work_dir is None:
+        work_dir = str(resume_path(cfg.resume).parent) if resume else os.getenv("PT_OUTPUT_DIR", "gpt2_model")
+        cfg = dataclasses.replace(cfg, work_dir=work_dir)
+    ctx = init_distributed(launch)
     try:
         if resume is not None:
             check_resume_world(resume, ctx.world_size)
-        train_ds, valid_ds = _datasets(args, model_config(args.model_card).vocab_size)
-        built = build_model(args, ctx.device)
-        if resume is not None and resume["base"]["sha256"] != built.base_sha256:
-            fail(f"--init_checkpoint {args.init_checkpoint}: not the base the interrupted run trained on "
-                 f"({resume['base']['path']}); pass that file")
-        trainer = Trainer(args, ctx, built, train_ds, valid_ds, resume)
+        train_ds, valid_ds = training_datasets(cfg, model_config(source.model_card).vocab_size)
+        built = build_model(source, ctx.device, request)
+        if resume is not None:
+            check_metadata(resume, built.model.config, f"--resume {cfg.resume}", source.init_checkpoint,
+                           built.base_sha256)
+        trainer = Trainer(cfg, optim, launch.random_seed, ctx, built, train_ds, valid_ds, resume)
         if ctx.is_main:
             trainer.work_dir.mkdir(parents=True, exist_ok=True)
             if resume is None:
@@ -393,13 +297,13 @@ def train(args: argparse.Namespace) -> None:
                     pass
             else:
                 trim_log(trainer.work_dir / LOG_FILE, trainer.step)
-                log.info("resuming %s at step %d (epoch %d, batch %d)", resume_path(args.resume), trainer.step,
+                log.info("resuming %s at step %d (epoch %d, batch %d)", resume_path(cfg.resume), trainer.step,
                          *trainer.position)
         _announce(trainer, len(train_ds), len(valid_ds))
         barrier()
         trainer.fit()
     except KeyboardInterrupt:
-        log.warning("interrupted; continue from the last checkpoint with --resume %s", args.work_dir)
+        log.warning("interrupted; continue from the last checkpoint with --resume %s", cfg.work_dir)
         raise SystemExit(130) from None
     finally:
         cleanup()

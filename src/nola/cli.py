@@ -1,0 +1,118 @@
+"""Command-line flags made from the config dataclasses of :mod:`nola.config`, and back.
+
+Each field becomes one flag (its name, aliases, help, choices and type come from the field), so the
+scripts define nothing themselves. Adapter flags default to ``None`` on the command line, so that
+a value the user typed can be told from a default (:class:`nola.config.AdapterRequest`).
+"""
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Sequence, TypeVar
+
+import torch
+
+from nola.build import BuiltModel, build_model
+from nola.config import (DEFAULT_QBITS, AdapterRequest, LaunchConfig, LoRAConfig, ModelSource, NOLAConfig,
+                         flag_of)
+from nola.errors import fail
+
+T = TypeVar("T")
+
+
+def _base_type(hint) -> type:
+    """``int | None`` -> int; ``tuple[int, ...]`` -> tuple."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, title: str, *, track_given: bool = False,
+              fields_only: tuple[str, ...] | None = None) -> argparse._ArgumentGroup:
+    """One flag per field of ``cls`` in a group ``title``. With ``track_given`` every default is
+    ``None`` (the config's own default applies when the flag is absent)."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if not f.metadata.get("cli", True) or (fields_only is not None and f.name not in fields_only):
+            continue
+        names = [f"--{flag_of(f)}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
+        default = None if f.default is MISSING else f.default
+        kind = _base_type(hints[f.name])
+        spec: dict = {"dest": f.name, "help": f.metadata.get("help", "")}
+        if kind is not bool:
+            spec["metavar"] = flag_of(f).upper()
+        if kind is bool:
+            spec.update(action="store_const", const=True, default=None if track_given else False)
+        elif kind is tuple:
+            item = typing.get_args(hints[f.name])[0]
+            spec.update(action="append", type=item, default=None if track_given else list(default))
+        else:
+            spec.update(type=kind, default=None if track_given else default)
+            if f.metadata.get("choices"):
+                spec["choices"] = f.metadata["choices"]
+            if f.default is MISSING and f.default_factory is MISSING:
+                spec["required"] = True
+        if default not in (None, False) and kind is not tuple:
+            spec["help"] += f" (default {default})"
+        group.add_argument(*names, **spec)
+    return group
+
+
+def given(cls: type, args: argparse.Namespace) -> dict:
+    """Fields of ``cls`` whose flag the user set (``track_given`` groups)."""
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None}
+
+
+def config_from(cls: type[T], args: argparse.Namespace, **overrides) -> T:
+    """``cls`` built from the parsed flags (one-line error for a bad value)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    if "eos_ids" in values:
+        values["eos_ids"] = tuple(values["eos_ids"])
+    values.update(overrides)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model_card, --init_checkpoint, --base_checkpoint, --nola_mode and every NOLA / LoRA flag."""
+    add_flags(parser, ModelSource, "model")
+    nola = add_flags(parser, NOLAConfig, "NOLA", track_given=True)
+    nola.add_argument("--qnola", action="store_true",
+                        help=f"quantisation-aware training of the coefficients (--qbits, default {DEFAULT_QBITS})")
+    add_flags(parser, LoRAConfig, "LoRA (microsoft/LoRA baseline, via loralib)", track_given=True)
+
+
+def adapter_request(args: argparse.Namespace) -> AdapterRequest:
+    """The NOLA / LoRA settings the user gave; ``--qbits`` only with ``--qnola``."""
+    nola = given(NOLAConfig, args)
+    if args.qnola:
+        nola.setdefault("qbits", DEFAULT_QBITS)
+    elif "qbits" in nola:
+        fail("--qbits needs --qnola (quantised NOLA); add --qnola or drop --qbits")
+    return AdapterRequest(nola=nola, lora=given(LoRAConfig, args))
+
+
+def model_flags(args: argparse.Namespace) -> tuple[ModelSource, AdapterRequest]:
+    return config_from(ModelSource, args), adapter_request(args)
+
+
+def add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, LaunchConfig, "launch")
+
+
+def launch_config(args: argparse.Namespace) -> LaunchConfig:
+    return config_from(LaunchConfig, args)
+
+
+def build_from_flags(argv: Sequence[str], device: torch.device, hash_base: bool = True) -> BuiltModel:
+    """The model that the model/adapter flags ``argv`` describe (as the scripts build it)."""
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser)
+    source, request = model_flags(parser.parse_args(list(argv)))
+    return build_model(source, device, request, hash_base=hash_base)

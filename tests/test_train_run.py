@@ -300,4 +300,4 @@ def test_exit_status_2_from_the_script(tiny_gpt2, base, data):
     proc = subprocess.run([sys.executable, SCRIPT] + argv, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: qbits must be in 2..8, got 1"
+    assert proc.stderr.strip().splitlines()[-1] == "error: --qbits 1: must be in [2, 8]"

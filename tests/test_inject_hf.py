@@ -193,6 +193,23 @@ def test_save_then_load_is_bit_exact(tmp_path, name, qbits):
     assert (_logits(merged, batch) - expected).abs().max() <= 1e-5
 
 
+def test_bf16_base_trains_float32_coefficients_merges_and_round_trips(tmp_path):
+    base, batch = _llama().to(torch.bfloat16), _llama_batch()
+    model = copy.deepcopy(base)
+    nola.inject(model, _nola(qbits=3), PROJECTIONS)
+    _randomise(model)
+    model(**batch).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.dtype == torch.float32 and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
+    effect = (_logits(model, batch) - _logits(base, batch)).float().abs().max()
+    unmerged = _logits(model, batch)
+    loaded = nola.load_adapter(copy.deepcopy(base), nola.save_adapter(model, tmp_path / "bf16"))
+    assert torch.equal(_logits(loaded, batch), unmerged)
+    set_merged(model, True)  # ΔW is rounded into bf16 weights: close, not equal
+    assert (_logits(model, batch) - unmerged).float().abs().max() < 0.1 * effect
+
+
 def _one_line_error(model, folder) -> str:
     with pytest.raises(UsageError) as info:
         nola.load_adapter(model, folder)
@@ -243,6 +260,18 @@ def test_lora_on_gpt2_equals_the_fork_and_on_llama_merges_saves_and_loads(tmp_pa
     fork.load_state_dict({k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"})
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
     assert (_logits(hf, {"input_ids": ids}) - fork(ids)[0].detach()).abs().max() <= 1e-5
+    torch.manual_seed(0)
+    mlp = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    base = _logits(mlp, {"input_ids": ids})
+    nola.inject_lora(mlp, lora, ["mlp_fc", "mlp_proj"])  # whole Conv1D: loralib.Linear, fan_in_fan_out
+    with torch.no_grad():
+        for name, p in mlp.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    unmerged = _logits(mlp, {"input_ids": ids})
+    set_merged(mlp, True)
+    assert (unmerged - base).abs().max() > 1e-2
+    assert (_logits(mlp, {"input_ids": ids}) - unmerged).abs().max() <= 1e-5
 
     model, batch = MODELS["llama"][0](), _llama_batch()
     base = copy.deepcopy(model)

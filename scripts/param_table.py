@@ -38,14 +38,14 @@ def _meta_model(config: LlamaConfig) -> LlamaForCausalLM:
         return LlamaForCausalLM(config)
 
 
-def nola_count(config: LlamaConfig, num_basis: int) -> int:
+def count_nola(config: LlamaConfig, num_basis: int) -> int:
     """Trainable parameters with NOLA (on the fly: nothing materialised) on the seven projections."""
     model = _meta_model(config)
     inject(model, NOLAConfig(num_basis=num_basis, mode="onthefly"), PROJECTIONS)
     return count_trainable(model)
 
 
-def lora_count(config: LlamaConfig, rank: int) -> int:
+def count_lora(config: LlamaConfig, rank: int) -> int:
     """Trainable parameters with loralib's LoRA at ``rank`` on the seven projections."""
     model = _meta_model(config)
     inject_lora(model, LoRAConfig(dim=rank), PROJECTIONS)
@@ -63,8 +63,8 @@ def main() -> None:
     print("|---|---:|---:|" + "---:|" * len(LORA_RANKS) + "---:|")
     for size in LLAMA2:
         config = llama2_config(size)
-        nola = nola_count(config, args.num_basis)
-        lora = [lora_count(config, r) for r in LORA_RANKS]
+        nola = count_nola(config, args.num_basis)
+        lora = [count_lora(config, r) for r in LORA_RANKS]
         cells = " | ".join(f"{n:,}" for n in lora)
         print(f"| LLaMA-2 {size} | {config.num_hidden_layers} | {nola:,} | {cells} | {lora[0] / nola:.1f}x |")
 

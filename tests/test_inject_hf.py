@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +26,17 @@ from nola.inject import gpt2_targets, set_merged
 from nola.model import GPT2Config as ForkConfig
 from nola.model import GPT2LMModel, count_trainable
 from nola.quant import fake_quant
-from scripts.param_table import PROJECTIONS, llama2_config, lora_count, nola_count
+from scripts.param_table import PROJECTIONS, count_lora, count_nola, llama2_config
 
 hf_logging.set_verbosity_error()
 VOCAB = 64
+
+
+def test_import_nola_is_cheap_and_nola_inject_stays_the_function():
+    code = ("import sys, nola; assert 'torch' not in sys.modules; import nola.inject, nola.model; "
+            "from nola.inject import find_targets; assert callable(nola.inject) and nola.inject.__name__ == 'inject'")
+    src = str(Path(nola.__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": src})
 
 
 def _nola(**kw) -> NOLAConfig:
@@ -132,7 +143,6 @@ def test_merged_equals_unmerged_and_unmerge_restores_weights(name):
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     unmerged = _logits(model, batch)
     set_merged(model, True)
-    assert nola.inject.__module__ == "nola.inject"  # the package attribute stays the function
     merged = _logits(model, batch)
     assert (merged - unmerged).abs().max() <= 1e-5
     set_merged(model, False)
@@ -296,8 +306,8 @@ def test_lora_on_gpt2_equals_the_fork_and_on_llama_merges_saves_and_loads(tmp_pa
 
 def test_llama2_70b_counts_reproduce_the_headline():
     config = llama2_config("70B")
-    assert nola_count(config, 512) == 80 * 7 * 2 * 512 == 573_440
+    assert count_nola(config, 512) == 80 * 7 * 2 * 512 == 573_440
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
     closed = layers * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 3)  # r = 1: Σ d_in + d_out
-    assert lora_count(config, 1) == closed == 12_943_360
+    assert count_lora(config, 1) == closed == 12_943_360

@@ -24,7 +24,7 @@ from torch import nn
 from nola.config import adapter_from_dict, adapter_kind, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_open
-from nola.inject import adapter_state, inject, is_merged, set_merged
+from nola.inject import adapter_state, inject, is_adapter_key, is_merged, set_merged
 from nola.lora_inject import inject_lora
 from nola.quant import pack_state, unpack_state
 
@@ -49,7 +49,7 @@ def base_identity(model: nn.Module) -> dict:
     if hasattr(config, "to_dict"):
         values = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _RUNTIME_KEYS}
     else:
-        values = {k: list(v.shape) for k, v in model.state_dict().items() if k not in adapter_state(model)}
+        values = {k: list(v.shape) for k, v in model.state_dict().items() if not is_adapter_key(k)}
     canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return {"class": type(model).__name__, "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
             "name_or_path": getattr(config, "name_or_path", None) or None}
@@ -126,7 +126,10 @@ def _read_tensors(path: Path, header: dict, source: Path) -> dict[str, torch.Ten
     if set(tensors) != {"codes", "scale"}:
         fail(f"{path}: a qNOLA payload holds 'codes' and 'scale', found {sorted(tensors)}: save the adapter again")
     names, shapes = list(header["tensors"]), list(header["tensors"].values())
-    return unpack_state({"names": names, "shapes": shapes, "bits": qbits, **tensors})
+    try:
+        return unpack_state({"names": names, "shapes": shapes, "bits": qbits, **tensors})
+    except (ValueError, RuntimeError) as exc:
+        fail(f"{path}: the packed codes do not fit the tensors listed in {source.name} ({exc}): save the adapter again")
 
 
 def _check_spec(model: nn.Module, header: dict, source: Path) -> None:

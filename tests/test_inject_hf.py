@@ -43,6 +43,11 @@ def _nola(**kw) -> NOLAConfig:
     return NOLAConfig(**{"rank": 4, "num_basis": 16, "c": 2.0, "seed": 5, **kw})
 
 
+def _gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+
+
 def _llama(intermediate: int = 48) -> LlamaForCausalLM:
     torch.manual_seed(0)  # 4 query heads, 2 key/value heads: k_proj and v_proj are 32 -> 16
     return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=intermediate,
@@ -94,8 +99,7 @@ def _logits(model, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode,qbits", [("materialised", None), ("onthefly", 3)])
 def test_gpt2_head_model_equals_the_fork_with_and_without_merge(mode, qbits):
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    hf = _gpt2()
     cfg = _nola(qv=True, mlp=True, qbits=qbits)
     fork = GPT2LMModel(ForkConfig(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4), nola=cfg).eval()
     weights = {k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
@@ -114,6 +118,25 @@ def test_gpt2_head_model_equals_the_fork_with_and_without_merge(mode, qbits):
         fork.merge_adapters()
         merged = _logits(hf, {"input_ids": ids})
         assert (merged - fork(ids)[0]).abs().max() <= 1e-5 and (merged - ours).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("build,targets", [(_gpt2, ["attn_q", "attn_v", "mlp_fc"]), (_llama, PROJECTIONS)])
+def test_cached_decoding_and_generate_see_the_adapter(build, targets):
+    model = build()
+    nola.inject(model, _nola(), targets)
+    _randomise(model)
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        out = model(input_ids=ids[:, :6], use_cache=True)
+        steps = [out.logits]
+        for t in range(6, 10):
+            out = model(input_ids=ids[:, t : t + 1], cache=out.cache, use_cache=True)
+            steps.append(out.logits)
+        assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+        greedy = model.generate(ids[:, :4], max_new_tokens=6, do_sample=False, pad_token_id=0)
+        set_merged(model, True)
+        assert torch.equal(model.generate(ids[:, :4], max_new_tokens=6, do_sample=False, pad_token_id=0), greedy)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -257,8 +280,7 @@ def test_wrong_base_changed_payload_and_missing_or_unexpected_keys_fail_in_one_l
 
 
 def test_lora_on_gpt2_equals_the_fork_and_on_llama_merges_saves_and_loads(tmp_path):
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    hf = _gpt2()
     lora = LoRAConfig(dim=2, alpha=8.0)
     fork = GPT2LMModel(ForkConfig(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4), lora=lora).eval()
     replaced = nola.inject_lora(hf, lora, ["attn_q", "attn_v"])
@@ -270,8 +292,7 @@ def test_lora_on_gpt2_equals_the_fork_and_on_llama_merges_saves_and_loads(tmp_pa
     fork.load_state_dict({k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"})
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
     assert (_logits(hf, {"input_ids": ids}) - fork(ids)[0].detach()).abs().max() <= 1e-5
-    torch.manual_seed(0)
-    mlp = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    mlp = _gpt2()
     base = _logits(mlp, {"input_ids": ids})
     nola.inject_lora(mlp, lora, ["mlp_fc", "mlp_proj"])  # whole Conv1D: loralib.Linear, fan_in_fan_out
     with torch.no_grad():

@@ -168,6 +168,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         cfg = adapter_from_dict(header["adapter"], header["config"])
     except (TypeError, ValueError) as exc:
         fail(f"{source}: bad adapter config ({exc}): save the adapter again with this nola")
+    if cfg is None:
+        fail(f"{source}: adapter kind {header['adapter']!r} is neither 'nola' nor 'lora': save the adapter again")
     if getattr(model, "adapter_spec", None) is None:
         (inject if header["adapter"] == "nola" else inject_lora)(model, cfg, header["target_modules"])
     else:

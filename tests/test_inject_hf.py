@@ -159,6 +159,18 @@ def test_adamw_on_alpha_beta_lowers_the_loss_and_only_they_train(name, mode, qbi
     assert model(**batch).loss.item() < initial - 0.05
 
 
+def test_a_target_of_two_shapes_becomes_one_role_per_shape():
+    model = _gpt2()  # "c_proj" names attn.c_proj (32 -> 32) and mlp.c_proj (128 -> 32)
+    nola.inject(model, _nola(), ["c_proj"])
+    assert sorted(model.nola) == ["c_proj_128x32", "c_proj_32x32"]
+    assert count_trainable(model) == 2 * 2 * 2 * 16
+    _randomise(model)
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    unmerged = _logits(model, {"input_ids": ids})
+    set_merged(model, True)
+    assert (_logits(model, {"input_ids": ids}) - unmerged).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_merged_equals_unmerged_and_unmerge_restores_weights(name):
     model, batch = _adapted(name, qbits=3)

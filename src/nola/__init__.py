@@ -1,3 +1,42 @@
-"""NOLA: LoRA compressed as linear combinations of seeded random bases, for GPT-2."""
+"""NOLA: LoRA compressed as linear combinations of seeded random bases, for GPT-2 and any model.
+
+``nola.inject(model, nola.NOLAConfig(...), ["q_proj", "v_proj"])`` adapts a PyTorch /
+``transformers`` model; ``nola.save_adapter`` / ``nola.load_adapter`` write and read a PEFT-like
+folder. The names below are imported on first use, so ``import nola`` does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "NOLAConfig": "nola.config", "LoRAConfig": "nola.config",
+    "inject": "nola.inject", "set_merged": "nola.inject", "inject_lora": "nola.lora_inject",
+    "save_adapter": "nola.hf_adapter", "load_adapter": "nola.hf_adapter",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'nola' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+class _Package(types.ModuleType):
+    """Keeps ``nola.inject`` the function: importing the submodule ``nola.inject`` makes the import
+    system set the package's attribute ``inject`` to that module, which this property ignores."""
+
+    @property
+    def inject(self):
+        return __getattr__("inject")
+
+    @inject.setter
+    def inject(self, module: types.ModuleType) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

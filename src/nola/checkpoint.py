@@ -20,7 +20,7 @@ from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.inject import is_adapter_key
 from nola.log import get_logger
 from nola.model import GPT2Config, GPT2LMModel
-from nola.quant import dequantize, pack_codes, quantize, unpack_codes
+from nola.quant import pack_state, unpack_state
 
 ADAPTER_FORMAT = "nola-adapter"
 FORMAT_VERSION = 1
@@ -136,32 +136,6 @@ def _adapter_meta(model: GPT2LMModel, base_path: str | None, base_sha256: str | 
     return meta
 
 
-def _pack(state: dict[str, torch.Tensor], qbits: int) -> dict:
-    """All quantised coefficient matrices as one b-bit code stream and one float32 scale vector
-    (one scale per row), so the file holds two small tensors whatever the number of layers."""
-    names, shapes, codes, scales = [], [], [], []
-    for name, tensor in state.items():
-        q, scale = quantize(tensor.detach().float().cpu(), qbits)
-        names.append(name)
-        shapes.append(list(tensor.shape))
-        codes.append(q.reshape(-1))
-        scales.append(scale.reshape(-1))
-    return {"names": names, "shapes": shapes, "bits": qbits,
-            "codes": pack_codes(torch.cat(codes), qbits), "scale": torch.cat(scales)}
-
-
-def _unpack(packed: dict) -> dict[str, torch.Tensor]:
-    shapes = [torch.Size(s) for s in packed["shapes"]]
-    codes = unpack_codes(packed["codes"], packed["bits"], sum(s.numel() for s in shapes))
-    out, at, row = {}, 0, 0
-    for name, shape in zip(packed["names"], shapes):
-        rows = shape[:-1].numel()
-        block = codes[at : at + shape.numel()].view(shape)
-        out[name] = dequantize(block, packed["scale"][row : row + rows].view(shape[:-1]), packed["bits"])
-        at, row = at + shape.numel(), row + rows
-    return out
-
-
 def save_adapter(model: GPT2LMModel, path: str | os.PathLike, base_path: str | None = None,
                  base_sha256: str | None = None, step: int = 0, full: bool = False) -> int:
     """Write the adapter file (or, with ``full``, a full state dict plus metadata); return bytes."""
@@ -173,13 +147,13 @@ def save_adapter(model: GPT2LMModel, path: str | os.PathLike, base_path: str | N
         state = model.adapter_state()
         meta["tensors"] = {k: v.detach().cpu().clone() for k, v in state.items() if qbits is None}
         if qbits is not None:
-            meta["quantised"] = _pack(state, qbits)
+            meta["quantised"] = pack_state(state, qbits)
     return atomic_torch_save(meta, path, compact=not full)
 
 
 def adapter_tensors(ckpt: dict) -> dict[str, torch.Tensor]:
     """The adapter tensors of an adapter file, dequantised to float."""
-    return {**ckpt["tensors"], **(_unpack(ckpt["quantised"]) if "quantised" in ckpt else {})}
+    return {**ckpt["tensors"], **(unpack_state(ckpt["quantised"]) if "quantised" in ckpt else {})}
 
 
 def load_adapter_tensors(model: GPT2LMModel, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -13,9 +13,11 @@ first third of ``attn.c_attn``'s outputs).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import nn
 
-from nola.config import NOLAConfig
+from nola.config import AdapterConfig, NOLAConfig
 from nola.layers import NOLAGroup, NOLASlot, set_lora_merged
 
 # role -> (module path suffix, part of the output, number of equal parts)
@@ -26,6 +28,13 @@ GPT2_ROLES = {
     "mlp_proj": ("mlp.c_proj", 0, 1),
 }
 ADAPTER_PREFIX = "nola."
+
+
+class AdapterSpec(NamedTuple):
+    """What was injected into a model (``model.adapter_spec``): enough to inject it again."""
+
+    config: AdapterConfig
+    target_modules: tuple[str, ...]
 
 
 def gpt2_targets(cfg: NOLAConfig) -> list[str]:
@@ -86,8 +95,9 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str],
     """Adapt ``target_modules`` of ``model`` with NOLA; freeze everything but α and β.
 
     The groups (``group_cls``: a variant of how the factors are mixed, for benchmarks) are
-    registered as ``model.nola`` (state-dict keys ``nola.<role>.alpha`` / ``.beta``) on the device
-    of the adapted weights. Returns the groups."""
+    registered as ``model.nola`` (state-dict keys ``nola.<role>.alpha`` / ``.beta``) and built on the
+    device of the adapted weights (so bases materialise there, and cost nothing on ``meta``); the
+    model records ``adapter_spec``. Returns the groups."""
     if hasattr(model, "nola") and isinstance(model.nola, nn.ModuleDict):
         raise ValueError(f"{type(model).__name__} already carries NOLA adapters")
     if not target_modules:
@@ -95,12 +105,13 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str],
     groups = nn.ModuleDict()
     for role, members in find_targets(model, list(target_modules)).items():
         _, _, d_in, d_out, _ = members[0]
-        device = members[0][0].weight.device
-        group = group_cls(role, len(members), d_in, d_out, cfg).to(device)
+        with members[0][0].weight.device:
+            group = group_cls(role, len(members), d_in, d_out, cfg)
         for index, (module, cols, _, _, in_out) in enumerate(members):
             NOLASlot(module, group, index, cols, in_out)
         groups[role] = group
     model.nola = groups
+    model.adapter_spec = AdapterSpec(cfg, tuple(target_modules))
     model.register_forward_pre_hook(_refresh)
     freeze_base(model)
     return groups

@@ -79,3 +79,31 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     groups = stream[: numel * bits].view(numel, bits)
     unsigned = (groups << torch.arange(bits, dtype=torch.int64)).sum(dim=1)
     return (unsigned - q).to(torch.int8)
+
+
+def pack_state(state: dict[str, torch.Tensor], bits: int) -> dict:
+    """Quantise every coefficient matrix of ``state`` and pack all of them into one b-bit code
+    stream plus one float32 scale vector (one scale per row), so a file holds two small tensors
+    whatever the number of layers. Returns names, shapes, bits, ``codes`` (uint8), ``scale``."""
+    names, shapes, codes, scales = [], [], [], []
+    for name, tensor in state.items():
+        q, scale = quantize(tensor.detach().float().cpu(), bits)
+        names.append(name)
+        shapes.append(list(tensor.shape))
+        codes.append(q.reshape(-1))
+        scales.append(scale.reshape(-1))
+    return {"names": names, "shapes": shapes, "bits": bits,
+            "codes": pack_codes(torch.cat(codes), bits), "scale": torch.cat(scales)}
+
+
+def unpack_state(packed: dict) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_state`: the dequantised matrices by name (float32)."""
+    shapes = [torch.Size(s) for s in packed["shapes"]]
+    codes = unpack_codes(packed["codes"], packed["bits"], sum(s.numel() for s in shapes))
+    out, at, row = {}, 0, 0
+    for name, shape in zip(packed["names"], shapes):
+        rows = shape[:-1].numel()
+        block = codes[at : at + shape.numel()].view(shape)
+        out[name] = dequantize(block, packed["scale"][row : row + rows].view(shape[:-1]), packed["bits"])
+        at, row = at + shape.numel(), row + rows
+    return out

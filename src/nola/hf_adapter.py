@@ -1,0 +1,193 @@
+"""PEFT-like adapter folders for any model: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+:func:`save_adapter` writes what :func:`nola.inject.inject` (or :func:`nola.lora_inject.inject_lora`)
+put on a model: the adapter kind and its configuration (seeds included), the target modules, the
+roles with their layer counts and shapes, the identity of the base model (class and a SHA-256 of
+its configuration) and a SHA-256 of the tensor file. The tensors are α/β (or LoRA's A/B) in
+float32; with qNOLA the b-bit codes of :func:`nola.quant.pack_state` as one uint8 stream plus the
+float32 row scales. :func:`load_adapter` checks all of it — the wrong base, a changed file, a
+missing or unexpected key are one-line errors, never warnings — and injects into a bare base.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from nola.config import adapter_from_dict, adapter_kind, identity_fields
+from nola.errors import fail
+from nola.fileio import atomic_open
+from nola.inject import adapter_state, inject, is_adapter_key, is_merged, set_merged
+from nola.lora_inject import inject_lora
+from nola.quant import pack_state, unpack_state
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+FORMAT = "nola-hf-adapter"
+FORMAT_VERSION = 1
+_HEADER_KEYS = ("format_version", "adapter", "config", "target_modules", "roles", "base_model", "tensors",
+                "payload_sha256")
+# Config entries that say how a model was loaded or is run, not what it computes (classifiers set
+# ``problem_type`` on their first forward with labels).
+_RUNTIME_KEYS = {"architectures", "transformers_version", "dtype", "torch_dtype", "use_cache",
+                 "output_attentions", "output_hidden_states", "return_dict", "problem_type"}
+
+
+def base_identity(model: nn.Module) -> dict:
+    """Class, SHA-256 of the canonical JSON of the base configuration, and ``name_or_path``.
+
+    The configuration is ``model.config.to_dict()`` without runtime entries (dtype, paths,
+    versions); a model without a ``config`` is identified by its base tensors' names and shapes."""
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        values = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _RUNTIME_KEYS}
+    else:
+        values = {k: list(v.shape) for k, v in model.state_dict().items() if not is_adapter_key(k)}
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return {"class": type(model).__name__, "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+            "name_or_path": getattr(config, "name_or_path", None) or None}
+
+
+def _roles(model: nn.Module) -> dict:
+    groups = getattr(model, "nola", None)
+    if not isinstance(groups, nn.ModuleDict):
+        return {}
+    return {role: {"layers": g.num_layers, "d_in": g.d_in, "d_out": g.d_out,
+                   "seeds": {"A": list(g.seeds_a), "B": list(g.seeds_b)}} for role, g in groups.items()}
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``model``'s adapter to ``directory`` (both files atomically); return the folder."""
+    spec = getattr(model, "adapter_spec", None)
+    if spec is None:
+        fail(f"{type(model).__name__} carries no adapter to save: call nola.inject(model, cfg, targets) first")
+    directory = Path(directory)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in adapter_state(model).items()}
+    qbits = getattr(spec.config, "qbits", None)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter_kind(spec.config),
+              "config": spec.config.to_dict(), "target_modules": list(spec.target_modules),
+              "roles": _roles(model), "base_model": base_identity(model)}
+    if qbits is None:
+        tensors = state
+        header["tensors"] = {name: list(t.shape) for name, t in state.items()}
+    else:
+        packed = pack_state(state, qbits)
+        tensors = {"codes": packed["codes"], "scale": packed["scale"]}
+        header["tensors"] = dict(zip(packed["names"], packed["shapes"]))
+    payload = save_safetensors(tensors)
+    header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    with atomic_open(directory / WEIGHTS_FILE, "wb") as handle:
+        handle.write(payload)
+    with atomic_open(directory / CONFIG_FILE) as handle:
+        handle.write(json.dumps(header, indent=1) + "\n")
+    return directory
+
+
+def _read_header(path: Path) -> dict:
+    if not path.is_file():
+        fail(f"{path} not found: pass the folder that nola's save_adapter wrote")
+    try:
+        header = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(f"{path} is not valid JSON ({exc.__class__.__name__}): save the adapter again")
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        fail(f"{path} is not a NOLA adapter config (format {FORMAT!r}): pass a folder written by save_adapter")
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        fail(f"{path} lacks {', '.join(missing)}: save the adapter again")
+    if header["format_version"] > FORMAT_VERSION:
+        fail(f"{path} has format version {header['format_version']}, newer than this nola "
+             f"({FORMAT_VERSION}): upgrade nola")
+    return header
+
+
+def _read_tensors(path: Path, header: dict, source: Path) -> dict[str, torch.Tensor]:
+    """The adapter tensors of the payload by state-dict name, dequantised with qNOLA."""
+    if not path.is_file():
+        fail(f"{path} not found: copy it together with {CONFIG_FILE}")
+    payload = path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        fail(f"{path}: SHA-256 differs from the one in {source.name} (changed or from another save): "
+             f"save the adapter again")
+    try:
+        tensors = load_safetensors(payload)
+    except SafetensorError as exc:
+        fail(f"{path} is not a readable safetensors file ({exc}): save the adapter again")
+    qbits = header["config"].get("qbits")
+    if qbits is None:
+        return tensors
+    if set(tensors) != {"codes", "scale"}:
+        fail(f"{path}: a qNOLA payload holds 'codes' and 'scale', found {sorted(tensors)}: save the adapter again")
+    names, shapes = list(header["tensors"]), list(header["tensors"].values())
+    try:
+        return unpack_state({"names": names, "shapes": shapes, "bits": qbits, **tensors})
+    except (ValueError, RuntimeError) as exc:
+        fail(f"{path}: the packed codes do not fit the tensors listed in {source.name} ({exc}): save the adapter again")
+
+
+def _check_spec(model: nn.Module, header: dict, source: Path) -> None:
+    """An adapter already on ``model`` must be the one recorded (same kind, identity, targets)."""
+    spec = model.adapter_spec
+    kind = adapter_kind(spec.config)
+    if kind != header["adapter"] or list(spec.target_modules) != header["target_modules"]:
+        fail(f"{source}: the model carries a {kind} adapter on {list(spec.target_modules)}, the file a "
+             f"{header['adapter']} adapter on {header['target_modules']}: load onto a bare base model")
+    ours = spec.config.to_dict()
+    for name in identity_fields(type(spec.config)):
+        if ours[name] != header["config"].get(name):
+            fail(f"{source}: config {name}={header['config'].get(name)!r} but the model's adapter has "
+                 f"{ours[name]!r}: load onto a bare base model")
+    if _roles(model) != header["roles"]:
+        fail(f"{source}: the recorded roles (layers, shapes, seeds) differ from the model's adapter: "
+             f"load onto the base model the adapter was trained on")
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Load the adapter folder ``directory`` into ``model``; return ``model``.
+
+    A bare base gets the recorded adapter injected first; a model that carries one must carry
+    the same. The base must be the one the adapter was saved from (class and config SHA-256), and
+    the file's tensors must be exactly the model's adapter tensors with their shapes."""
+    directory = Path(directory)
+    source = directory / CONFIG_FILE
+    header = _read_header(source)
+    want, have = header["base_model"], base_identity(model)
+    if (want["class"], want["config_sha256"]) != (have["class"], have["config_sha256"]):
+        fail(f"{source}: saved for a {want['class']} with config sha256 {want['config_sha256'][:12]} "
+             f"({want.get('name_or_path') or 'no name'}), not this {have['class']} with "
+             f"{have['config_sha256'][:12]}: load it onto the base model it was trained on")
+    tensors = _read_tensors(directory / WEIGHTS_FILE, header, source)
+    try:
+        cfg = adapter_from_dict(header["adapter"], header["config"])
+    except (TypeError, ValueError) as exc:
+        fail(f"{source}: bad adapter config ({exc}): save the adapter again with this nola")
+    if cfg is None:
+        fail(f"{source}: adapter kind {header['adapter']!r} is neither 'nola' nor 'lora': save the adapter again")
+    if getattr(model, "adapter_spec", None) is None:
+        (inject if header["adapter"] == "nola" else inject_lora)(model, cfg, header["target_modules"])
+    else:
+        _check_spec(model, header, source)
+    expected = adapter_state(model)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        fail(f"{source}: adapter keys differ from the model's (missing {missing[:3]}, unexpected "
+             f"{unexpected[:3]}): load onto the base model and targets the adapter was saved with")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            fail(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                 f"{tuple(expected[name].shape)}: load onto the base model the adapter was saved from")
+    merged = is_merged(model)
+    set_merged(model, False)
+    live = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            live[name].copy_(tensor)
+    set_merged(model, merged)
+    return model

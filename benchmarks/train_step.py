@@ -23,7 +23,7 @@ import torch.utils.checkpoint as ckpt
 from common import ROOT, interleaved_seconds, median_seconds, peak_memory_bytes, print_table, save_results
 
 from nola.config import LoRAConfig, NOLAConfig
-from nola.inject import gpt2_targets, inject
+from nola.adapters import gpt2_targets, inject
 from nola.layers import NOLAGroup
 from nola.model import GPT2Config, GPT2LMModel, lm_loss
 

@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from nola.config import LoRAConfig, NOLAConfig
-from nola.inject import inject
+from nola.adapters import inject
 from nola.lora_inject import inject_lora
 from nola.model import count_trainable
 

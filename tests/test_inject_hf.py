@@ -22,7 +22,7 @@ import nola
 from nola.config import LoRAConfig, NOLAConfig
 from nola.errors import UsageError
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
-from nola.inject import gpt2_targets, set_merged
+from nola.adapters import gpt2_targets, set_merged
 from nola.model import GPT2Config as ForkConfig
 from nola.model import GPT2LMModel, count_trainable
 from nola.quant import fake_quant
@@ -32,9 +32,9 @@ hf_logging.set_verbosity_error()
 VOCAB = 64
 
 
-def test_import_nola_is_cheap_and_nola_inject_stays_the_function():
-    code = ("import sys, nola; assert 'torch' not in sys.modules; import nola.inject, nola.model; "
-            "from nola.inject import find_targets; assert callable(nola.inject) and nola.inject.__name__ == 'inject'")
+def test_import_nola_is_cheap_and_nola_inject_is_the_function():
+    code = ("import sys, nola; assert 'torch' not in sys.modules; import nola.adapters, nola.model; "
+            "assert callable(nola.inject) and nola.inject is nola.adapters.inject")
     src = str(Path(nola.__file__).parents[1])
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": src})
 

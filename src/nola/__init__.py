@@ -7,14 +7,12 @@ folder. The names below are imported on first use, so ``import nola`` does not i
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
     "NOLAConfig": "nola.config", "LoRAConfig": "nola.config",
-    "inject": "nola.inject", "set_merged": "nola.inject", "inject_lora": "nola.lora_inject",
+    "inject": "nola.adapters", "set_merged": "nola.adapters", "inject_lora": "nola.lora_inject",
     "save_adapter": "nola.hf_adapter", "load_adapter": "nola.hf_adapter",
 }
 __all__ = sorted(_PUBLIC)
@@ -24,19 +22,3 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'nola' has no attribute {name!r}")
     return getattr(importlib.import_module(_PUBLIC[name]), name)
-
-
-class _Package(types.ModuleType):
-    """Keeps ``nola.inject`` the function: importing the submodule ``nola.inject`` makes the import
-    system set the package's attribute ``inject`` to that module, which this property ignores."""
-
-    @property
-    def inject(self):
-        return __getattr__("inject")
-
-    @inject.setter
-    def inject(self, module: types.ModuleType) -> None:
-        pass
-
-
-sys.modules[__name__].__class__ = _Package

@@ -17,7 +17,7 @@ import torch
 from nola.errors import fail
 from nola.fileio import atomic_torch_save, sha256_file
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
-from nola.inject import is_adapter_key
+from nola.adapters import is_adapter_key
 from nola.log import get_logger
 from nola.model import GPT2Config, GPT2LMModel
 from nola.quant import pack_state, unpack_state

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from nola.fileio import atomic_open
-from nola.inject import is_adapter_key
+from nola.adapters import is_adapter_key
 from nola.model import GPT2LMModel
 from nola.tokenizer import EOS_ID
 

@@ -24,7 +24,7 @@ from torch import nn
 from nola.config import adapter_from_dict, adapter_kind, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_open
-from nola.inject import adapter_state, inject, is_adapter_key, is_merged, set_merged
+from nola.adapters import adapter_state, inject, is_adapter_key, is_merged, set_merged
 from nola.lora_inject import inject_lora
 from nola.quant import pack_state, unpack_state
 

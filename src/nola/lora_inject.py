@@ -13,7 +13,7 @@ import loralib
 from torch import nn
 
 from nola.config import LoRAConfig
-from nola.inject import AdapterSpec, find_targets, freeze_base
+from nola.adapters import AdapterSpec, find_targets, freeze_base
 
 
 def inject_lora(model: nn.Module, cfg: LoRAConfig, target_modules: list[str]) -> list[str]:

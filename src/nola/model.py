@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nola.config import LoRAConfig, NOLAConfig
-from nola.inject import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
+from nola.adapters import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
 from nola.layers import lora_attention
 
 CARDS = {

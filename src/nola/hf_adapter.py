@@ -1,6 +1,6 @@
 """PEFT-like adapter folders for any model: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-:func:`save_adapter` writes what :func:`nola.inject.inject` (or :func:`nola.lora_inject.inject_lora`)
+:func:`save_adapter` writes what :func:`nola.adapters.inject` (or :func:`nola.lora_inject.inject_lora`)
 put on a model: the adapter kind and its configuration (seeds included), the target modules, the
 roles with their layer counts and shapes, the identity of the base model (class and a SHA-256 of
 its configuration) and a SHA-256 of the tensor file. The tensors are α/β (or LoRA's A/B) in

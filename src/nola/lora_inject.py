@@ -1,11 +1,11 @@
 """Put loralib's LoRA on the projections of any PyTorch / ``transformers`` model (the baseline).
 
-Targets are found exactly as for NOLA (:func:`nola.inject.find_targets`). Each adapted
+Targets are found exactly as for NOLA (:func:`nola.adapters.find_targets`). Each adapted
 ``nn.Linear`` becomes a ``loralib.Linear``; a ``Conv1D`` (weight stored in × out) becomes a
 ``loralib.Linear`` with ``fan_in_fan_out``, or, when only some parts of a fused projection are
 targets (GPT-2's ``attn_q`` / ``attn_v`` of ``c_attn``), a ``loralib.MergedLinear`` whose
 ``enable_lora`` marks those parts — the layer microsoft/LoRA's GPT-2 uses. The replacement keeps
-the original weight and bias tensors; merging goes through :func:`nola.inject.set_merged`.
+the original weight and bias tensors; merging goes through :func:`nola.adapters.set_merged`.
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def attention_mask(past_len: int, new_len: int, key_mask: torch.Tensor | None, d
 class GPT2LMModel(nn.Module):
     """GPT-2 language model with NOLA or LoRA adapters and an incremental-decoding cache.
 
-    NOLA is put on the projections by :func:`nola.inject.inject` (as on any ``transformers``
+    NOLA is put on the projections by :func:`nola.adapters.inject` (as on any ``transformers``
     model); LoRA is loralib's ``MergedLinear`` inside the attention, as microsoft/LoRA builds it."""
 
     def __init__(self, cfg: GPT2Config, nola: NOLAConfig | None = None, lora: LoRAConfig | None = None) -> None:

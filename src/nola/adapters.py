@@ -3,7 +3,7 @@
 :func:`inject` finds the target projections (``nn.Linear``, or GPT-2's ``Conv1D`` whose weight is
 stored in × out), groups them by role and shape, and gives every group one :class:`NOLAGroup`
 (α, β of all its layers; one basis per role shared by all layers unless ``seed_per_layer``) under
-``model.nola``. Each projection gets a :class:`NOLASlot` (a forward hook that adds its layer's
+``model.nola``. Each projection gets a :class:`NOLASlot` (through a forward hook, adding its layer's
 delta to its output columns), and the model a forward pre-hook that mixes every group's factors
 once per call. The forked GPT-2 of :mod:`nola.model` is adapted by this same function.
 

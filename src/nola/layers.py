@@ -163,22 +163,22 @@ class NOLAGroup(nn.Module):
 
 class NOLASlot:
     """The NOLA adapter of one projection: layer ``index`` of ``group``, added to output columns
-    ``cols`` (q and v are slices of GPT-2's fused ``c_attn``). It lives on the projection as a
-    forward hook, so the projection's class and parameter names stay those of the base model."""
+    ``cols`` (q and v are slices of GPT-2's fused ``c_attn``). It lives on the projection, through
+    the projection's :class:`_SlotsHook`, so the projection's class and parameter names stay those
+    of the base model."""
 
     def __init__(self, module: nn.Module, group: NOLAGroup, index: int, cols: slice, weight_in_out: bool) -> None:
         self.module, self.group, self.index, self.cols, self.weight_in_out = module, group, index, cols, weight_in_out
-        self.handle = module.register_forward_hook(self._hook)
+        hook = getattr(module, "nola_slots", None)
+        if hook is None:
+            hook = _SlotsHook()
+            module.register_forward_hook(hook)
+            module.nola_slots = hook
+        hook.slots.append(self)
         group.slots.append(self)
 
-    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        if self.group.merged:
-            return output
-        delta = self.group.layer_delta(inputs[0], self.index)
-        if self.cols == slice(None):
-            return output + delta
-        output[..., self.cols] += delta
-        return output
+    def span(self, width: int) -> tuple[int, int]:
+        return self.cols.indices(width)[:2]
 
     def add_to_weight(self, delta: torch.Tensor, sign: float) -> None:
         """``weight += sign·ΔW`` on this slot's columns (rows of an ``nn.Linear`` weight)."""
@@ -187,6 +187,34 @@ class NOLASlot:
             weight[:, self.cols] += sign * delta.to(weight.dtype)
         else:
             weight[self.cols, :] += sign * delta.t().to(weight.dtype)
+
+
+class _SlotsHook:
+    """The forward hook of an adapted projection: adds the deltas of all its slots in one
+    out-of-place sum. (An in-place add into column slices of the output costs about 13% more on
+    GPT-2's fused q/k/v projection: autograd then clones the whole output gradient per slice.)"""
+
+    def __init__(self) -> None:
+        self.slots: list[NOLASlot] = []
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        live = [s for s in self.slots if not s.group.merged]
+        if not live:
+            return output
+        x, width = inputs[0], output.shape[-1]
+        spans = sorted(((slot.span(width), slot.group.layer_delta(x, slot.index)) for slot in live),
+                       key=lambda span: span[0])
+        if len(spans) == 1 and spans[0][0] == (0, width):
+            return output + spans[0][1]
+        pieces, at = [], 0
+        for (start, stop), delta in spans:
+            if start > at:
+                pieces.append(delta.new_zeros(*delta.shape[:-1], start - at))
+            pieces.append(delta)
+            at = stop
+        if at < width:
+            pieces.append(pieces[-1].new_zeros(*output.shape[:-1], width - at))
+        return output + torch.cat(pieces, dim=-1)
 
 
 def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:

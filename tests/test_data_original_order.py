@@ -1,0 +1,65 @@
+"""WebNLG and DART formatted and encoded files are microsoft/LoRA's, byte for byte and in its record
+order. The expected bytes are rebuilt here from the raw mirror files the way that repository's
+``format_converting_{webnlg,dart}.py`` and ``gpt2_encode.py --add_bos --add_eos`` write them: entry
+by entry, each entry's kept references in turn (WebNLG: ``comment == "good"`` only), context
+``s : p : o`` joined by `` | `` (DART properties lower-cased), ``json.dumps`` per line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nola.formats import convert
+from nola.tokenizer import encode_file, load_tokenizer
+
+EOS = 50256
+SEEN = {"Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument", "SportsTeam",
+        "University", "WrittenWork"}
+
+
+def _webnlg_lines(raw: dict) -> list[str]:
+    lines = []
+    for number, wrapper in enumerate(raw["entries"], 1):
+        entry = wrapper[str(number)]
+        context = " | ".join("{} : {} : {}".format(t["subject"], t["property"], t["object"])
+                             for t in entry["modifiedtripleset"])
+        for lex in entry["lexicalisations"]:
+            if lex["comment"] == "good":
+                lines.append(json.dumps({"context": context, "completion": lex["lex"],
+                                         "cate": entry["category"] in SEEN}) + "\n")
+    return lines
+
+
+def _dart_lines(raw: list) -> list[str]:
+    lines = []
+    for example in raw:
+        context = " | ".join("{} : {} : {}".format(s, p.lower(), o) for s, p, o in example["tripleset"])
+        lines += [json.dumps({"context": context, "completion": a["text"]}) + "\n" for a in example["annotations"]]
+    return lines
+
+
+@pytest.mark.parametrize("kind, raw_file, builder, records, moved", [
+    ("webnlg", "data/webnlg_challenge_2017/dev.json", _webnlg_lines, 2258, 182),
+    ("dart", "data/dart/dart-v1.1.1-full-dev.json", _dart_lines, 6980, 2425),
+])
+def test_formatted_and_encoded_files_are_the_original_converters(mirror, tmp_path, kind, raw_file, builder,
+                                                                   records, moved):
+    expected = builder(json.loads((mirror / raw_file).read_text(encoding="utf-8")))
+    formatted, encoded = tmp_path / "valid_formatted.jsonl", tmp_path / "valid.jsonl"
+    convert(kind, mirror / raw_file, formatted)
+    assert formatted.read_text(encoding="utf-8") == "".join(expected)
+    assert len(expected) == records
+    # Lines that grouping repeated contexts together (the earlier behaviour) changed.
+    contexts = [json.loads(line)["context"] for line in expected]
+    first = {c: i for i, c in reversed(list(enumerate(contexts)))}
+    grouped = sorted(range(len(contexts)), key=lambda i: first[contexts[i]])
+    assert sum(expected[i] != expected[j] for i, j in enumerate(grouped)) == moved
+
+    encode_file(formatted, encoded, mirror / "vocab")
+    tokenizer = load_tokenizer(mirror / "vocab")
+    items = [json.loads(line) for line in expected]
+    ids = tokenizer([r["context"] for r in items] + [" " + r["completion"] for r in items],
+                    add_special_tokens=False)["input_ids"]
+    want = [json.dumps({"context": ids[i] + [EOS], "completion": ids[len(items) + i] + [EOS]}) + "\n"
+            for i in range(len(items))]
+    assert encoded.read_text(encoding="utf-8") == "".join(want)

@@ -3,8 +3,9 @@ every layer and the same global RNG state at the first forward (so the same drop
 its E2E command and seed. The reference is rebuilt here from that repository's construction: one
 block (loralib's MergedLinear on q and v, Conv1D weights drawn N(0, 0.02), TF-style LayerNorms with
 no draws) deep-copied for every layer, the tied ``lm_head`` Linear, ``apply(_init_weights)`` (N(0,
-0.02) for every nn.Linear / nn.Embedding weight, Linear biases zeroed), then the training
-DataLoader (DistributedSampler, seed, drop_last) whose epoch-1 iterator is created."""
+0.02) for every nn.Linear / nn.Embedding weight, Linear biases zeroed), ``load_weight`` when a
+checkpoint is given (its ``set_tied`` creates the head's Linear anew), then the training DataLoader
+(DistributedSampler, seed, drop_last) whose epoch-1 iterator is created."""
 from __future__ import annotations
 
 import copy
@@ -41,7 +42,7 @@ class _Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
 
 
-def _reference(d: int, n_layer: int, n_positions: int, vocab: int, n_train: int):
+def _reference(d: int, n_layer: int, n_positions: int, vocab: int, n_train: int, checkpoint: bool):
     """(per-layer (lora_A, lora_B), RNG state at the first forward) of the original's start."""
     torch.manual_seed(SEED)
     wte, wpe = nn.Embedding(vocab, d), nn.Embedding(n_positions, d)
@@ -67,6 +68,9 @@ def _reference(d: int, n_layer: int, n_positions: int, vocab: int, n_train: int)
             module.bias.data.zero_()
 
     model.apply(init)
+    if checkpoint:  # load_weight copies the weights (no draw), then re-ties the head
+        model.lm_head.decoder = nn.Linear(d, vocab, bias=False)
+        model.lm_head.decoder.weight = wte.weight
     examples = list(range(n_train))
     sampler = DistributedSampler(examples, num_replicas=1, rank=0, seed=SEED)
     loader = DataLoader(examples, batch_size=8, sampler=sampler, shuffle=False, drop_last=True, num_workers=0)
@@ -128,7 +132,8 @@ def test_lora_start_equals_microsoft_lora_on_the_tiny_checkpoint(tiny_gpt2, e2e_
                       str(tiny_gpt2 / "pytorch_model.bin"), "--work_dir", str(tmp_path / "run"), "--threads", "1"]
     ours = _ours_at_first_forward(argv)
     n_train = len(train.read_text().splitlines())
-    reference = _reference(card["n_embd"], card["n_layer"], card["n_positions"], card["vocab_size"], n_train)
+    reference = _reference(card["n_embd"], card["n_layer"], card["n_positions"], card["vocab_size"], n_train,
+                           checkpoint=True)
     _assert_same_start(ours, reference, card["n_layer"])
 
 
@@ -140,5 +145,5 @@ def test_lora_start_equals_microsoft_lora_on_gpt2_medium(e2e_data, tmp_path, kee
     argv = COMMAND + ["--train_data", str(train), "--valid_data", str(e2e_data / "test.jsonl"), "--seq_len", "512",
                       "--model_card", "gpt2.md", "--work_dir", str(tmp_path / "run")]
     ours = _ours_at_first_forward(argv)
-    reference = _reference(1024, 24, 1024, 50257, len(train.read_text().splitlines()))
+    reference = _reference(1024, 24, 1024, 50257, len(train.read_text().splitlines()), checkpoint=False)
     _assert_same_start(ours, reference, 24)

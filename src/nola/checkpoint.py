@@ -18,7 +18,7 @@ from nola.errors import fail
 from nola.fileio import atomic_torch_save
 from nola.layers import LoRAConfig, NOLAConfig
 from nola.log import get_logger
-from nola.model import GPT2LMModel
+from nola.model import GPT2LMModel, redraw_tied_head
 from nola.quant import dequantize, pack_codes, quantize, unpack_codes
 
 ADAPTER_FORMAT = "nola-adapter"
@@ -93,6 +93,7 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
     with torch.no_grad():
         for name, tensor in expected.items():
             tensor.copy_(base[name])
+    redraw_tied_head(model.transformer)  # as the original's load_weight, which re-ties its head
 
 
 def adapter_kind(model: GPT2LMModel) -> str | None:

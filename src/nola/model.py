@@ -141,12 +141,12 @@ class GPT2Model(nn.Module):
 @torch.no_grad()
 def redraw_as_original(tr: GPT2Model) -> None:
     """The global-RNG draws microsoft/LoRA's ``GPT2LMModel`` makes after building its layers, in its
-    order and amounts: its ``lm_head`` ``nn.Linear(n_embd, vocab)`` is created (a kaiming-uniform
-    draw; its weight is then tied to ``wte``), then ``apply(_init_weights)`` draws N(0, 0.02) for
-    ``wte``, ``wpe``, every ``c_attn`` that is an ``nn.Linear`` (loralib's, as stored: transposed;
-    bias zeroed) and, through the tied head, ``wte`` once more. Base weights are overwritten by the
-    checkpoint; what this keeps is the RNG stream, hence LoRA's dropout masks."""
-    nn.Linear(tr.wte.weight.shape[1], tr.wte.weight.shape[0], bias=False)
+    order and amounts: its ``lm_head`` is tied (:func:`redraw_tied_head`), then
+    ``apply(_init_weights)`` draws N(0, 0.02) for ``wte``, ``wpe``, every ``c_attn`` that is an
+    ``nn.Linear`` (loralib's, as stored: transposed; bias zeroed) and, through the tied head,
+    ``wte`` once more. Base weights are overwritten by the checkpoint; what this keeps is the RNG
+    stream, hence LoRA's dropout masks."""
+    redraw_tied_head(tr)
     tr.wte.weight.normal_(mean=0.0, std=0.02)
     tr.wpe.weight.normal_(mean=0.0, std=0.02)
     for block in tr.h:
@@ -154,6 +154,15 @@ def redraw_as_original(tr: GPT2Model) -> None:
             block.attn.c_attn.weight.normal_(mean=0.0, std=0.02)
             block.attn.c_attn.bias.zero_()
     tr.wte.weight.normal_(mean=0.0, std=0.02)
+
+
+def redraw_tied_head(tr: GPT2Model) -> None:
+    """The RNG draw of microsoft/LoRA's ``GPT2LMHead.set_embeddings_weights``: each time it ties the
+    head to ``wte`` (at construction, and again in ``load_weight``) it creates an
+    ``nn.Linear(n_embd, vocab)`` (kaiming-uniform) whose weight it then replaces. Our head is
+    ``wte`` itself, so only the draw is made."""
+    weight = tr.wte.weight
+    nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
 
 
 def nola_roles(cfg: GPT2Config, nola: NOLAConfig) -> dict[str, tuple[int, int]]:

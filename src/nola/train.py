@@ -158,7 +158,6 @@ class Trainer:
         self.args, self.ctx, self.device = args, ctx, ctx.device
         self.model, self.base_path, self.base_sha = built.model, built.base_path, built.base_sha256
         self.work_dir = Path(args.work_dir)
-        self.train_ds = train_ds
         self.loader = make_loader(train_ds, args.train_batch_size, shuffle=True, seed=args.random_seed,
                                   rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
         if len(self.loader) == 0:

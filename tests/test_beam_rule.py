@@ -24,10 +24,13 @@ EOS = (3, 7)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def small_model(seed: int = 1) -> GPT2LMModel:
+def small_model(seed: int = 2) -> GPT2LMModel:
     torch.manual_seed(seed)
     model = GPT2LMModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, card="test"))
     with torch.no_grad():
+        for block in model.transformer.h:  # distinct layers (the model is built as one block copied)
+            for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                layer.weight.normal_(0, 0.02)
         model.transformer.wte.weight.normal_(0, 0.25)
         model.transformer.wte.weight[list(EOS)] *= 2.0  # EOS is likely enough to end some hypotheses
     return model.eval()

@@ -1,4 +1,7 @@
-"""Raw E2E / WebNLG / DART -> formatted records: counts, linearisation, grouping, bad input."""
+"""Raw E2E / WebNLG / DART -> formatted records: counts, linearisation, record order, bad input.
+
+The exact bytes and order of the WebNLG and DART files against microsoft/LoRA's converters are
+pinned in test_data_original_order.py."""
 from __future__ import annotations
 
 import json
@@ -8,7 +11,7 @@ import sys
 import pytest
 
 from nola.errors import UsageError
-from nola.formats import convert, group_by_context, read_dart, read_e2e, read_formatted, read_webnlg
+from nola.formats import convert, read_dart, read_e2e, read_formatted, read_webnlg
 
 
 def _unique(records):
@@ -48,10 +51,12 @@ def test_e2e_first_line_is_split_at_the_bars(mirror):
 
 
 def test_webnlg_dev(mirror):
-    records = group_by_context(read_webnlg(mirror / "data/webnlg_challenge_2017/dev.json"))
+    records = read_webnlg(mirror / "data/webnlg_challenge_2017/dev.json")
     # 2268 lexicalisations, 10 of them marked 'toFix' and left out; 870 distinct triple sets.
     assert len(records) == 2258 and _unique(records) == 870
-    assert _runs_are_grouped(records)
+    # One triple set recurs in a later entry: kept there, in the raw file's order, as the original's
+    # converter writes it (it used to be moved next to its first occurrence).
+    assert not _runs_are_grouped(records)
     assert records[0] == {"context": "Aarhus : leaderName : Jacob_Bundsgaard", "completion": "The leader of Aarhus is Jacob Bundsgaard.", "cate": True}
     assert all(r["cate"] is True for r in records)  # dev holds only the 10 seen categories
 
@@ -74,20 +79,13 @@ def test_webnlg_linearisation_filter_and_unseen_category(tmp_path):
 
 
 def test_dart_dev(mirror):
-    raw = read_dart(mirror / "data/dart/dart-v1.1.1-full-dev.json")
-    records = group_by_context(raw)
+    records = read_dart(mirror / "data/dart/dart-v1.1.1-full-dev.json")
     assert len(records) == 6980 and _unique(records) == 2721
-    assert not _runs_are_grouped(raw) and _runs_are_grouped(records)  # 40 lines move next to their group
+    assert not _runs_are_grouped(records)  # 40 runs of lines recur later; kept in the raw order, as the original
     assert records[0] == {
         "context": "Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina",
         "completion": "A school from Mars Hill, North Carolina, joined in 1973.",
     }
-
-
-def test_group_by_context_is_stable():
-    rows = [{"context": c, "completion": str(i)} for i, c in enumerate("abacb")]
-    assert [(r["context"], r["completion"]) for r in group_by_context(rows)] == [
-        ("a", "0"), ("a", "2"), ("b", "1"), ("b", "4"), ("c", "3")]
 
 
 @pytest.mark.parametrize("lines, message", [

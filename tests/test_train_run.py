@@ -182,11 +182,12 @@ def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp
 
 def test_resume_reaches_the_uninterrupted_weights(tiny_gpt2, base, data, tmp_path):
     """10 steps (6 batches an epoch, grad_acc 2, LoRA dropout, linear warm-up and decay) in one go,
-    vs stopped at step 4 under torchrun and resumed: the same weights, across the epoch boundary."""
+    vs stopped at step 4 under torchrun and resumed: the same weights, across the epoch boundary.
+    Step 4 also validates (its loader's RNG draw must be in resume.pt), as does step 8 after it."""
     args = common(tiny_gpt2, base, data["small"], data["valid"]) + [
         "--lora_dim", "4", "--lora_alpha", "32", "--lora_dropout", "0.1", "--lr", "0.01", "--weight_decay", "0.01",
         "--correct_bias", "--scheduler", "linear", "--warmup_step", "3", "--max_step", "10", "--grad_acc", "2",
-        "--train_batch_size", "2", "--save_interval", "3", "--log_interval", "3", "--eval_interval", "5",
+        "--train_batch_size", "2", "--save_interval", "3", "--log_interval", "3", "--eval_interval", "4",
         "--label_smooth", "0.1", "--random_seed", "3"]
     main(args + ["--work_dir", str(tmp_path / "whole")])
     launch(args + ["--work_dir", str(tmp_path / "split"), "--stop_at_step", "4"], runner="torchrun")
@@ -198,7 +199,7 @@ def test_resume_reaches_the_uninterrupted_weights(tiny_gpt2, base, data, tmp_pat
         name = f"model.{step}.pt"
         delta = max_diff(adapter(tmp_path / "whole" / name), adapter(tmp_path / "split" / name))
         assert delta <= 1e-6, (step, delta)
-    assert [r["step"] for r in rows(tmp_path / "split", "valid")] == [5, 6, 10]
+    assert [r["step"] for r in rows(tmp_path / "split", "valid")] == [4, 6, 8, 10]
 
 
 KILLER = """

@@ -19,7 +19,7 @@ from nola.fileio import atomic_torch_save, sha256_file
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.adapters import is_adapter_key
 from nola.log import get_logger
-from nola.model import GPT2Config, GPT2LMModel
+from nola.model import GPT2Config, GPT2LMModel, redraw_tied_head
 from nola.quant import pack_state, unpack_state
 
 ADAPTER_FORMAT = "nola-adapter"
@@ -94,6 +94,7 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
     with torch.no_grad():
         for name, tensor in expected.items():
             tensor.copy_(base[name])
+    redraw_tied_head(model.transformer)  # as the original's load_weight, which re-ties its head
 
 
 def metadata(model: GPT2LMModel, base_path: str | None, base_sha256: str | None) -> dict:

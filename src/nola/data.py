@@ -5,7 +5,7 @@ The work is split by job: :mod:`nola.formats` (raw files -> formatted jsonl), :m
 (fetching raw files, vocabulary and checkpoints). Import from here.
 """
 from nola.dataset import FTDataset, make_loader, read_encoded
-from nola.formats import WEBNLG_SEEN_CATEGORIES, convert, group_by_context, read_formatted
+from nola.formats import WEBNLG_SEEN_CATEGORIES, convert, read_formatted
 from nola.tokenizer import EOS_ID, encode_file, encode_records, load_reference_tokenizer, load_tokenizer
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "convert",
     "encode_file",
     "encode_records",
-    "group_by_context",
     "load_reference_tokenizer",
     "load_tokenizer",
     "make_loader",

@@ -4,8 +4,10 @@ A record is ``{"context": str, "completion": str}``, one reference per record, p
 ``"cate"``: whether the entry's category was seen in training (the ``--filter`` of
 ``gpt2_decode.py``). Context is the E2E meaning representation as written, or the triples
 linearised as ``subject : property : object`` joined by `` | `` (DART properties lower-cased), as
-the LoRA/NOLA pipeline does. Records sharing a context are made consecutive, keeping the order of
-first appearance, so each multi-reference group is one run of lines.
+the LoRA/NOLA pipeline does. Records keep the raw file's order, as microsoft/LoRA's converters
+write them (entry by entry, each entry's references in turn): a context that recurs later in the
+file is not moved up, since that would change the training order. Decoding groups references per
+distinct context itself (:mod:`nola.decode`).
 """
 from __future__ import annotations
 
@@ -125,14 +127,6 @@ READERS: dict[str, Callable[[str | os.PathLike], list[Record]]] = {
 }
 
 
-def group_by_context(records: list[Record]) -> list[Record]:
-    """Stable regrouping: contexts in order of first appearance, each one's records together."""
-    groups: dict[str, list[Record]] = {}
-    for record in records:
-        groups.setdefault(record["context"], []).append(record)
-    return [record for group in groups.values() for record in group]
-
-
 def write_formatted(records: list[Record], path: str | os.PathLike) -> None:
     """Write records as jsonl (``json.dumps`` defaults, as the original scripts), atomically."""
     with atomic_open(path, "w") as handle:
@@ -163,7 +157,7 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> tuple[
     """Raw file ``src`` of data set ``kind`` -> formatted jsonl ``dst``; return (records, unique contexts)."""
     if not Path(src).is_file():
         fail(f"raw file {src} not found: run `bash create_datasets.sh` (or set NOLA_DATA_MIRROR)")
-    records = group_by_context(READERS[kind](src))
+    records = READERS[kind](src)
     if not records:
         fail(f"{src}: no examples found")
     write_formatted(records, dst)

@@ -5,6 +5,7 @@ are also ``transformers``' names, so published and fork checkpoints load unchang
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -120,10 +121,37 @@ class GPT2Model(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
-        self.h = nn.ModuleList(Block(cfg, lora) for _ in range(cfg.n_layer))
+        block = Block(cfg, lora)  # one block, copied: every layer starts with the same LoRA A, as in microsoft/LoRA
+        self.h = nn.ModuleList(copy.deepcopy(block) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        nn.init.normal_(self.wte.weight, std=0.02)
-        nn.init.normal_(self.wpe.weight, std=0.01)
+        redraw_as_original(self)
+
+
+@torch.no_grad()
+def redraw_as_original(tr: GPT2Model) -> None:
+    """The global-RNG draws microsoft/LoRA's ``GPT2LMModel`` makes after building its layers, in its
+    order and amounts: its ``lm_head`` is tied (:func:`redraw_tied_head`), then
+    ``apply(_init_weights)`` draws N(0, 0.02) for ``wte``, ``wpe``, every ``c_attn`` that is an
+    ``nn.Linear`` (loralib's, as stored: transposed; bias zeroed) and, through the tied head,
+    ``wte`` once more. Base weights are overwritten by the checkpoint; what this keeps is the RNG
+    stream, hence LoRA's dropout masks."""
+    redraw_tied_head(tr)
+    tr.wte.weight.normal_(mean=0.0, std=0.02)
+    tr.wpe.weight.normal_(mean=0.0, std=0.02)
+    for block in tr.h:
+        if isinstance(block.attn.c_attn, nn.Linear):
+            block.attn.c_attn.weight.normal_(mean=0.0, std=0.02)
+            block.attn.c_attn.bias.zero_()
+    tr.wte.weight.normal_(mean=0.0, std=0.02)
+
+
+def redraw_tied_head(tr: GPT2Model) -> None:
+    """The RNG draw of microsoft/LoRA's ``GPT2LMHead.set_embeddings_weights``: each time it ties the
+    head to ``wte`` (at construction, and again in ``load_weight``) it creates an
+    ``nn.Linear(n_embd, vocab)`` (kaiming-uniform) whose weight it then replaces. Our head is
+    ``wte`` itself, so only the draw is made."""
+    weight = tr.wte.weight
+    nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
 
 
 def nola_roles(cfg: GPT2Config, nola: NOLAConfig) -> dict[str, tuple[int, int]]:

@@ -83,7 +83,6 @@ class Trainer:
         self.args, self.optim, self.seed, self.ctx, self.device = args, optim, seed, ctx, ctx.device
         self.model, self.base_path, self.base_sha = built.model, built.base_path, built.base_sha256
         self.work_dir = Path(args.work_dir)
-        self.train_ds = train_ds
         self.loader = make_loader(train_ds, args.train_batch_size, shuffle=True, seed=seed,
                                   rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
         if len(self.loader) == 0:
@@ -210,8 +209,11 @@ class Trainer:
         while self.optim.max_epoch is None or epoch <= self.optim.max_epoch:
             self.loader.sampler.set_epoch(epoch)
             done = False
-            for idx, ids in enumerate(itertools.islice(self.loader.batch_sampler, skip, None), start=skip):
-                batch = self.loader.collate_fn([self.train_ds[i] for i in ids])
+            # Each epoch's DataLoader iterator draws a base seed from the global RNG, as the original's
+            # does; a run resumed mid-epoch restored a state that already holds that draw.
+            with torch.random.fork_rng(devices=[]) if skip else contextlib.nullcontext():
+                batches = iter(self.loader)
+            for idx, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
                 self.step += 1
                 lr = self.schedule.lr_at(self.step - 1)
                 loss = self.train_batch(batch, update=self.step % args.grad_acc == 0, lr=lr)
@@ -223,10 +225,10 @@ class Trainer:
                     meter, tick = [0.0, 0], time.perf_counter()
                 done = self.step >= self.max_step
                 halt = args.stop_at_step is not None and self.step >= args.stop_at_step
+                if not done and self.step % args.eval_interval == 0:
+                    self.validate()  # before saving: resume.pt then holds its RNG draw and best ppl
                 if not done and (halt or self.step % args.save_interval == 0):
                     self.save(epoch, idx + 1)
-                if not done and self.step % args.eval_interval == 0:
-                    self.validate()
                 if halt and not done:
                     log.info("stopped at step %d (--stop_at_step); continue with --resume %s", self.step,
                              self.work_dir)
@@ -234,7 +236,8 @@ class Trainer:
                 if done:
                     break
             if done or epoch % args.eval_epoch == 0:
-                self.validate()
+                with torch.random.fork_rng(devices=[]):  # the original has no epoch-end validation to draw
+                    self.validate()
             self.save(epoch + 1, 0)
             if done:
                 break

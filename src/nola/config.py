@@ -383,3 +383,21 @@ class AlpacaTrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+@dataclass(kw_only=True)
+class MMLUConfig:
+    """What eval/mmlu.py scores (Hendrycks et al.'s test/evaluate.py protocol) and where it writes."""
+
+    data_dir: str = option("data/mmlu", "MMLU in the official layout: dev/<subject>_dev.csv, test/<subject>_test.csv")
+    split: str = option("test", "the split scored (test, or val: val/<subject>_val.csv)", choices=("test", "val"))
+    shots: int = option(5, "dev examples before each question (fewer when the prompt exceeds --max_len)",
+                        check=at_least(0))
+    max_len: int = option(2048, "longest prompt in tokens; longer ones drop dev examples (as the original)",
+                          check=at_least(1))
+    subjects: str | None = option(None, "comma-separated subjects (default: every subject in the split)")
+    adapter: str | None = option(None, "an adapter folder written by llama_ft.py (merged into the base)")
+    output: str = option("mmlu_results.json", "results JSON (per subject and averaged), written atomically")
+
+    def __post_init__(self) -> None:
+        validate(self)

@@ -177,3 +177,24 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(setup, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
     assert not out.exists()
+
+
+def test_the_merged_model_loads_in_transformers_and_computes_the_adapted_logits(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nola.hf_adapter import load_adapter
+    from src.llama_merge import main as merge
+
+    out = tmp_path / "nola"
+    main(common(setup, out) + NOLA + ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+                                      "--max_steps", "3", "--lr", "0.05"])
+    merge(["--model_name_or_path", str(setup["model"]), "--bits", "32", "--adapter", str(out),
+           "--output_dir", str(tmp_path / "merged")])
+    ids = torch.arange(4, 20)[None]
+    base = AutoModelForCausalLM.from_pretrained(setup["model"]).eval()
+    plain = base(input_ids=ids).logits
+    adapted = load_adapter(base, out)(input_ids=ids).logits
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any("nola" in k for k in merged.state_dict())
+    assert (adapted - plain).abs().max() > 1e-2
+    assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)

@@ -7,6 +7,8 @@ else fp16; 32 bits float32. Every check that can fail runs before any weight is 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -99,3 +101,21 @@ def add_adapter(model: nn.Module, cfg: NOLAConfig | LoRAConfig, source: LlamaSou
         (inject_lora if isinstance(cfg, LoRAConfig) else inject)(model, cfg, source.targets)
     except ValueError as exc:
         fail(f"--target_modules {source.target_modules}: {exc}")
+
+
+def save_merged(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Fold ``model``'s adapter into its weights and write a plain ``transformers`` folder (no adapter
+    tensors, loadable with ``AutoModelForCausalLM.from_pretrained``), through a temporary folder."""
+    from nola.inject import is_adapter_key, set_merged
+
+    out = Path(out_dir)
+    if out.exists():
+        fail(f"--output_dir {out} exists: choose a new folder for the merged model")
+    set_merged(model, True)
+    state = {k: v for k, v in model.state_dict().items() if not is_adapter_key(k)}
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out

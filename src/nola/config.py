@@ -401,3 +401,14 @@ class MMLUConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+@dataclass(kw_only=True)
+class MergeConfig:
+    """src/llama_merge.py: an adapter folded into its base, written as a plain transformers model."""
+
+    adapter: str = option(help="adapter folder written by llama_ft.py")
+    output_dir: str = option(help="new folder for the merged model and its tokenizer (must not exist)")
+
+    def __post_init__(self) -> None:
+        validate(self)

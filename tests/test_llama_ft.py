@@ -198,3 +198,30 @@ def test_the_merged_model_loads_in_transformers_and_computes_the_adapted_logits(
     assert not any("nola" in k for k in merged.state_dict())
     assert (adapted - plain).abs().max() > 1e-2
     assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+
+
+def test_gradient_checkpointing_recomputes_the_nola_layers_with_the_same_gradients(setup):
+    from transformers import AutoModelForCausalLM
+
+    from nola.config import NOLAConfig
+    from nola.inject import inject
+    from nola.llama_train import enable_checkpointing
+
+    model = AutoModelForCausalLM.from_pretrained(setup["model"])
+    inject(model, NOLAConfig(rank=4, num_basis=32, c=4.0), ["q_proj", "v_proj", "down_proj"])
+    model.train()
+    ids = torch.arange(4, 24)[None]
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads()
+    enable_checkpointing(model)
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    assert getattr(model, name)
+    again = grads()
+    assert max(t.abs().max().item() for t in plain.values()) > 0
+    assert all(torch.allclose(plain[n], again[n], atol=1e-6) for n in plain)

@@ -82,6 +82,11 @@ def config_from(cls: type[T], args: argparse.Namespace, **overrides) -> T:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """--model_card, --init_checkpoint, --base_checkpoint, --nola_mode and every NOLA / LoRA flag."""
     add_flags(parser, ModelSource, "model")
+    add_adapter_flags(parser)
+
+
+def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
+    """Every NOLA flag, --qnola, and every LoRA flag (read back with :func:`adapter_request`)."""
     nola = add_flags(parser, NOLAConfig, "NOLA", track_given=True)
     nola.add_argument("--qnola", action="store_true",
                         help=f"quantisation-aware training of the coefficients (--qbits, default {DEFAULT_QBITS})")

@@ -320,3 +320,95 @@ class AdapterRequest:
     def wants_lora(self) -> bool:
         """``--lora_dim`` above 0 (microsoft/LoRA: 0 means no LoRA)."""
         return self.lora.get("dim", 0) > 0
+
+
+# The seven linear projections of every LLaMA decoder layer (what qlora.py's find_all_linear_names finds).
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA_BITS = (4, 8, 16, 32)
+
+
+@dataclass(kw_only=True)
+class LlamaSource:
+    """Which causal LM to load and how (UCDvision/NOLA llama/qlora.py's flags and defaults, but 16 bits
+    by default: 4 and 8 need CUDA and bitsandbytes)."""
+
+    model_name_or_path: str = option(help="a transformers causal LM folder or hub name (meta-llama/Llama-2-7b-hf); "
+                                     "its tokenizer is loaded from the same place")
+    bits: int = option(16, "base weights: 4 (NF4, double quantisation), 8 (LLM.int8) via bitsandbytes on CUDA; "
+                       "16 (bf16 with --bf16, else fp16) or 32 (float32)", choices=LLAMA_BITS)
+    bf16: bool = option(False, "bf16 base weights (--bits 16) / 4-bit compute dtype, and bf16 autocast")
+    target_modules: str = option(",".join(LLAMA_PROJECTIONS), "comma-separated module names that get the adapter "
+                                 "(default: all seven LLaMA linear projections)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if not self.targets:
+            raise ValueError("--target_modules is empty: name at least one projection, e.g. q_proj,v_proj")
+
+    @property
+    def targets(self) -> list[str]:
+        return [t.strip() for t in self.target_modules.split(",") if t.strip()]
+
+
+@dataclass(kw_only=True)
+class AlpacaTrainConfig:
+    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults); one step
+    is one optimiser update over ``per_device_train_batch_size x gradient_accumulation_steps x processes``
+    examples, as in the Hugging Face Trainer."""
+
+    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh) or "
+                          "a JSON file of {instruction, input, output} records")
+    output_dir: str | None = option(None, "adapter folder and resume.pt (default: the --resume folder)")
+    source_max_len: int = option(1024, "prompt tokens kept (truncated on the right)", check=at_least(1))
+    target_max_len: int = option(256, "response tokens kept (truncated on the right)", check=at_least(1))
+    per_device_train_batch_size: int = option(1, "examples per micro-batch per process", check=at_least(1))
+    gradient_accumulation_steps: int = option(16, "micro-batches per optimiser update", check=at_least(1))
+    max_steps: int = option(10000, "optimiser updates", check=at_least(1))
+    lr: float = option(2e-4, "learning rate", aliases=("learning_rate",), check=at_least(0))
+    lr_scheduler_type: str = option("constant", "constant, linear or cosine (Hugging Face's 'constant' "
+                                    "has no warm-up)", choices=("constant", "linear", "cosine"))
+    warmup_steps: int = option(0, "linear warm-up updates", check=at_least(0))
+    adam_beta1: float = option(0.9, "Adam beta1", check=in_range(0, 1, high_open=True))
+    adam_beta2: float = option(0.999, "Adam beta2", check=in_range(0, 1, high_open=True))
+    adam_epsilon: float = option(1e-8, "Adam epsilon", check=at_least(0))
+    weight_decay: float = option(0.0, "decoupled weight decay", check=at_least(0))
+    max_grad_norm: float = option(0.3, "gradient clipping norm (0: none)", check=at_least(0))
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (saves memory)")
+    logging_steps: int = option(10, "updates per log line", check=at_least(1))
+    save_steps: int = option(250, "updates per adapter + resume.pt save (also at the end)", check=at_least(1))
+    train_seed: int = option(0, "seed of the data order and everything random", flag="seed", check=at_least(0))
+    resume: str | None = option(None, "continue the interrupted run saved in this folder (its resume.pt)")
+    stop_at_step: int | None = option(None, "end this session after this update with a save; continue later "
+                                      "with --resume", check=at_least(1))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(kw_only=True)
+class MMLUConfig:
+    """What eval/mmlu.py scores (Hendrycks et al.'s test/evaluate.py protocol) and where it writes."""
+
+    data_dir: str = option("data/mmlu", "MMLU in the official layout: dev/<subject>_dev.csv, test/<subject>_test.csv")
+    split: str = option("test", "the split scored (test, or val: val/<subject>_val.csv)", choices=("test", "val"))
+    shots: int = option(5, "dev examples before each question (fewer when the prompt exceeds --max_len)",
+                        check=at_least(0))
+    max_len: int = option(2048, "longest prompt in tokens; longer ones drop dev examples (as the original)",
+                          check=at_least(1))
+    subjects: str | None = option(None, "comma-separated subjects (default: every subject in the split)")
+    adapter: str | None = option(None, "an adapter folder written by llama_ft.py (merged into the base)")
+    output: str = option("mmlu_results.json", "results JSON (per subject and averaged), written atomically")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(kw_only=True)
+class MergeConfig:
+    """src/llama_merge.py: an adapter folded into its base, written as a plain transformers model."""
+
+    adapter: str = option(help="adapter folder written by llama_ft.py")
+    output_dir: str = option(help="new folder for the merged model and its tokenizer (must not exist)")
+
+    def __post_init__(self) -> None:
+        validate(self)

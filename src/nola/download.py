@@ -11,6 +11,11 @@ CLI (the shell scripts are thin wrappers)::
     python -m nola.download checkpoints [gpt2 gpt2-medium gpt2-large] [--root DIR]
     python -m nola.download vocab [--root DIR]
     python -m nola.download data SET SPLIT [--root DIR]   # prints the raw file's path
+    python -m nola.download llama [alpaca mmlu] [--root DIR] [--unpinned-ok]
+
+The ``llama`` files have no pinned SHA-256 yet: they are refused unless ``--unpinned-ok`` says to
+take them unverified (the sum obtained is printed, to be pinned in ``sources.json``). The MMLU
+archive is unpacked into ``data/mmlu/{dev,val,test}``.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -183,6 +189,43 @@ def _copy_from_mirror(source: Source, mirror: Path, dest: Path) -> str:
     return digest
 
 
+MMLU_SPLITS = ("dev", "val", "test")
+
+
+def unpack_mmlu(archive: Path) -> Path:
+    """Extract ``data/{dev,val,test}/*.csv`` of Hendrycks et al.'s ``data.tar`` beside it; return the folder."""
+    dest = archive.parent
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".csv")
+                       and len(Path(m.name).parts) == 3 and Path(m.name).parts[1] in MMLU_SPLITS]
+            if not members:
+                raise FetchError(f"mmlu: {archive} holds no data/<split>/*.csv: not the MMLU archive")
+            for member in members:
+                _, split, name = Path(member.name).parts
+                out = dest / split / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                part = out.with_name(out.name + ".part")
+                with tar.extractfile(member) as src, open(part, "wb") as handle:
+                    shutil.copyfileobj(src, handle)
+                os.replace(part, out)
+    except tarfile.TarError as exc:
+        raise FetchError(f"mmlu: {archive} is not a readable tar archive ({exc}); delete it and fetch again") from None
+    _log.info("mmlu: %d CSV files in %s/{%s}", len(members), dest, ",".join(MMLU_SPLITS))
+    return dest
+
+
+def fetch_llama(source: Source, root: str | os.PathLike, mirror: Path | None, unpinned_ok: bool) -> Path:
+    """A LLaMA-experiment file; an unpinned one only with ``unpinned_ok`` (never a guessed sum)."""
+    if source.sha256 is None and not unpinned_ok:
+        raise FetchError(f"{source.key}: no SHA-256 is pinned for {source.url} in {SOURCES_FILE.name}; check the "
+                         f"file yourself and pin its sum there, or pass --unpinned-ok to take it unverified")
+    dest = fetch(source, root, mirror)
+    if source.key == "mmlu":
+        unpack_mmlu(dest)
+    return dest
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default=".", help="project root holding data/, vocab/, pretrained_checkpoints/")
@@ -195,6 +238,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     data = sub.add_parser("data", parents=[common], help="one raw split; prints its path, or warns and exits 1")
     data.add_argument("set", help="e2e, webnlg or dart")
     data.add_argument("split", help="train, valid or test")
+    llama = sub.add_parser("llama", parents=[common], help="Alpaca JSON and MMLU for the LLaMA-2 experiment")
+    llama.add_argument("models", nargs="*", help="alpaca and/or mmlu (default: both)")
+    llama.add_argument("--unpinned-ok", action="store_true", help="take files whose SHA-256 is not pinned, unverified")
     return parser.parse_args(argv)
 
 
@@ -221,7 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     failed = []
     for name in names:
         try:
-            fetch(section[name], args.root, mirror)
+            if args.what == "llama":
+                fetch_llama(section[name], args.root, mirror, args.unpinned_ok)
+            else:
+                fetch(section[name], args.root, mirror)
         except FetchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed.append(name)

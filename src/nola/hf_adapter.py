@@ -35,9 +35,10 @@ FORMAT_VERSION = 1
 _HEADER_KEYS = ("format_version", "adapter", "config", "target_modules", "roles", "base_model", "tensors",
                 "payload_sha256")
 # Config entries that say how a model was loaded or is run, not what it computes (classifiers set
-# ``problem_type`` on their first forward with labels).
+# ``problem_type`` on their first forward with labels; a 4-bit base's adapter also fits its 16-bit base).
 _RUNTIME_KEYS = {"architectures", "transformers_version", "dtype", "torch_dtype", "use_cache",
-                 "output_attentions", "output_hidden_states", "return_dict", "problem_type"}
+                 "output_attentions", "output_hidden_states", "return_dict", "problem_type",
+                 "quantization_config"}
 
 
 def base_identity(model: nn.Module) -> dict:

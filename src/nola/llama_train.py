@@ -1,0 +1,233 @@
+"""Instruction tuning of a ``transformers`` causal LM (LLaMA-2) with NOLA or LoRA: the loop behind
+``src/llama_ft.py``.
+
+One step is one optimiser update (the Hugging Face Trainer's ``max_steps``, as UCDvision/NOLA's
+qlora.py counts): every process takes ``gradient_accumulation_steps`` micro-batches of
+``per_device_train_batch_size`` examples. The examples of update ``u`` are the ``u``-th block of
+``processes x batch x accumulation`` indices of a seeded permutation of the data (one per epoch;
+rank ``r`` takes the ``r``-th part of the block), so the data position is a function of the step
+alone. The loss is the summed token NLL of the update's response tokens divided by their total
+number over all micro-batches and processes, so 2 processes give the gradient of 1 process at
+twice the batch, and accumulation the gradient of one big batch.
+
+Outputs in ``--output_dir``: the adapter folder files (:func:`nola.hf_adapter.save_adapter`), rewritten
+every ``--save_steps`` updates and at the end, ``resume.pt`` (:mod:`nola.resume`) beside them and
+``log.jsonl`` (one row per logged update).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from nola.alpaca import IGNORE_INDEX, AlpacaDataset, collate, dataset_path, pad_token_id, read_records
+from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
+from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
+from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed
+from nola.errors import fail
+from nola.fileio import atomic_open
+from nola.hf_adapter import base_identity, save_adapter
+from nola.log import get_logger
+from nola.model import count_trainable
+from nola.optim import Schedule, make_optimizer
+from nola.resume import load_resume, restore_trainable, rng_state, save_resume, set_rng_state, trim_log
+
+log = get_logger(__name__)
+LOG_FILE = "log.jsonl"
+# Settings the data position, schedule and numbers depend on: a resumed run must repeat them.
+RUN_KEYS = ("dataset", "source_max_len", "target_max_len", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_steps", "lr", "lr_scheduler_type", "warmup_steps", "adam_beta1",
+            "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "train_seed")
+
+
+def optim_config(cfg: AlpacaTrainConfig) -> OptimConfig:
+    """The optimiser settings as :mod:`nola.optim` takes them (bias-corrected AdamW, as torch / HF)."""
+    return OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, correct_bias=True, adam_epsilon=cfg.adam_epsilon,
+                       adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, scheduler=cfg.lr_scheduler_type,
+                       warmup_step=cfg.warmup_steps, max_step=cfg.max_steps)
+
+
+def update_indices(num_examples: int, seed: int, step: int, block: int) -> list[int]:
+    """Indices of update ``step`` (0-based): block ``step % per_epoch`` of epoch ``step // per_epoch``'s
+    permutation (seed + epoch); the tail that fills no block is dropped."""
+    per_epoch = num_examples // block
+    epoch, slot = divmod(step, per_epoch)
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[slot * block:(slot + 1) * block].tolist()
+
+
+def run_record(cfg: AlpacaTrainConfig, source: LlamaSource, adapter: dict, world_size: int) -> dict:
+    return {**{k: getattr(cfg, k) for k in RUN_KEYS}, "model_name_or_path": source.model_name_or_path,
+            "bits": source.bits, "bf16": source.bf16, "targets": source.targets, "adapter": adapter,
+            "world_size": world_size}
+
+
+def check_resume(state: dict, now: dict, where: str) -> None:
+    """The resumed run must repeat the interrupted run's settings (one-line error naming the first)."""
+    for key, value in now.items():
+        if state["run"].get(key) != value:
+            fail(f"--resume {where}: {key} was {state['run'].get(key)!r} in the interrupted run, now {value!r}: "
+                 f"resume with the same flags")
+
+
+class AlpacaTrainer:
+    """State and steps of one instruction-tuning run on one process."""
+
+    def __init__(self, cfg: AlpacaTrainConfig, source: LlamaSource, ctx: DistContext, model: nn.Module,
+                 data: AlpacaDataset, pad_id: int, run: dict, resume: dict | None) -> None:
+        self.cfg, self.source, self.ctx, self.model, self.data, self.pad_id = cfg, source, ctx, model, data, pad_id
+        self.run, self.out = run, Path(cfg.output_dir)
+        self.block = ctx.world_size * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        if len(data) < self.block:
+            fail(f"--dataset {cfg.dataset}: {len(data)} examples fill no update of {self.block} "
+                 f"({ctx.world_size} processes x batch x accumulation); lower the batch flags")
+        optim = optim_config(cfg)
+        self.optimizer = make_optimizer(model, optim)
+        self.schedule = Schedule(optim.scheduler, optim.lr, optim.warmup_step, cfg.max_steps)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.amp = torch.bfloat16 if source.bf16 else None
+        self.step = 0
+        if resume is not None:
+            restore_trainable(model, self.optimizer, self.scaler, resume)
+            self.step = resume["step"]
+            set_rng_state(resume["rng"][ctx.rank], ctx.device)
+        self.net = model
+        if ctx.world_size > 1:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def _micro_batches(self) -> list[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        mine = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+        ids = update_indices(len(self.data), cfg.train_seed, self.step, self.block)
+        ids = ids[self.ctx.rank * mine:(self.ctx.rank + 1) * mine]
+        size = cfg.per_device_train_batch_size
+        return [collate([self.data[i] for i in ids[j:j + size]], self.pad_id) for j in range(0, mine, size)]
+
+    def update(self) -> float:
+        """One optimiser update; returns the update's token-mean loss over all processes."""
+        batches = [{k: v.to(self.ctx.device) for k, v in b.items()} for b in self._micro_batches()]
+        total = torch.tensor([float(sum((b["labels"][:, 1:] != IGNORE_INDEX).sum().item() for b in batches)), 0.0],
+                             dtype=torch.float64, device=self.ctx.device)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        tokens = max(total[0].item(), 1.0)
+        loss_sum = 0.0
+        for j, batch in enumerate(batches):
+            last = j == len(batches) - 1
+            sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
+            with sync:
+                with torch.autocast(self.ctx.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                      ignore_index=IGNORE_INDEX, reduction="sum")
+                (nll * (self.ctx.world_size / tokens)).backward()
+            loss_sum += nll.item()
+        lr = self.schedule.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        summed = torch.tensor([loss_sum], dtype=torch.float64, device=self.ctx.device)
+        if dist.is_initialized():
+            dist.all_reduce(summed)
+        return summed.item() / tokens
+
+    def save(self) -> None:
+        """The adapter folder and resume.pt at the current step (rank 0 writes; every rank's RNG)."""
+        rngs = gather_objects(rng_state(self.ctx.device), self.ctx)
+        if self.ctx.is_main:
+            save_adapter(self.model, self.out)
+            spec = self.model.adapter_spec
+            meta = {"adapter": adapter_kind(spec.config), "config": spec.config.to_dict(),
+                    "base_model": base_identity(self.model)}
+            save_resume(self.out, meta, {"step": self.step}, self.model, self.optimizer, self.scaler, rngs, self.run)
+            log.info("saved the adapter and resume.pt in %s at step %d", self.out, self.step)
+        barrier()
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        self.model.train()
+        while self.step < cfg.max_steps:
+            loss = self.update()
+            if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
+                lr = self.schedule.lr_at(self.step - 1)
+                log.info("| step %6d / %d | lr %.3g | loss %.4f", self.step, cfg.max_steps, lr, loss)
+                if self.ctx.is_main:
+                    with open(self.out / LOG_FILE, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps({"step": self.step, "lr": lr, "loss": loss}) + "\n")
+            halt = cfg.stop_at_step is not None and self.step >= cfg.stop_at_step
+            if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps or halt:
+                self.save()
+            if halt and self.step < cfg.max_steps:
+                log.info("stopped at step %d (--stop_at_step); continue with --resume %s", self.step, self.out)
+                return
+        log.info("end of training at step %d; adapter in %s", self.step, self.out)
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (the frozen embeddings need no
+    gradient), under the name this ``transformers`` has."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequest, cfg: AlpacaTrainConfig) -> None:
+    """Check the flags, then fine-tune as the configs say (``--resume``: continue a run)."""
+    check_bits(source, launch.device)
+    check_source(source)
+    resume = load_resume(cfg.resume) if cfg.resume else None
+    if cfg.output_dir is None:
+        if cfg.resume is None:
+            fail("--output_dir is required (the adapter folder to write)")
+        cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.resume)))
+    records = read_records(dataset_path(cfg.dataset))
+    ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.train_seed))
+    try:
+        adapter = adapter_config(request, ctx.device)
+        run = run_record(cfg, source, {"kind": adapter_kind(adapter), **adapter.to_dict()}, ctx.world_size)
+        if resume is not None:
+            check_resume(resume, run, cfg.resume)
+        model, tokenizer = load_causal_lm(source, ctx.device)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
+        add_adapter(model, adapter, source)
+        data = AlpacaDataset(records, tokenizer, cfg.source_max_len, cfg.target_max_len)
+        trainer = AlpacaTrainer(cfg, source, ctx, model, data, pad_token_id(tokenizer), run, resume)
+        out = trainer.out
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume is None:
+                with atomic_open(out / LOG_FILE):
+                    pass
+            else:
+                trim_log(out / LOG_FILE, trainer.step)
+                log.info("resuming %s at step %d", cfg.resume, trainer.step)
+        per_epoch = len(data) // trainer.block
+        log.info("%d process(es) on %s; %d examples, %d updates per epoch of %d examples; %s on %s: %s trainable "
+                 "parameters; max_steps %d", ctx.world_size, ctx.device.type, len(data), per_epoch, trainer.block,
+                 adapter_kind(adapter), ",".join(source.targets), f"{count_trainable(model):,}", cfg.max_steps)
+        if math.ceil(cfg.max_steps / per_epoch) > 1:
+            log.info("max_steps %d covers %.2f epochs", cfg.max_steps, cfg.max_steps / per_epoch)
+        barrier()
+        trainer.fit()
+    except KeyboardInterrupt:
+        log.warning("interrupted; continue from the last save with --resume %s", cfg.output_dir)
+        raise SystemExit(130) from None
+    finally:
+        cleanup()

@@ -204,7 +204,7 @@ def test_gradient_checkpointing_recomputes_the_nola_layers_with_the_same_gradien
     from transformers import AutoModelForCausalLM
 
     from nola.config import NOLAConfig
-    from nola.inject import inject
+    from nola.adapters import inject
     from nola.llama_train import enable_checkpointing
 
     model = AutoModelForCausalLM.from_pretrained(setup["model"])

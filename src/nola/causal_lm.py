@@ -16,7 +16,7 @@ from torch import nn
 
 from nola.config import AdapterRequest, LlamaSource, LoRAConfig, NOLAConfig
 from nola.errors import fail
-from nola.inject import inject
+from nola.adapters import inject
 from nola.lora_inject import inject_lora
 
 
@@ -106,7 +106,7 @@ def add_adapter(model: nn.Module, cfg: NOLAConfig | LoRAConfig, source: LlamaSou
 def save_merged(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     """Fold ``model``'s adapter into its weights and write a plain ``transformers`` folder (no adapter
     tensors, loadable with ``AutoModelForCausalLM.from_pretrained``), through a temporary folder."""
-    from nola.inject import is_adapter_key, set_merged
+    from nola.adapters import is_adapter_key, set_merged
 
     out = Path(out_dir)
     if out.exists():

@@ -118,7 +118,7 @@ def run_mmlu(launch: LaunchConfig, source: LlamaSource, cfg: MMLUConfig) -> dict
     """Load the base (and ``--adapter``, merged unless the base is 4/8-bit), score, write ``cfg.output``."""
     from nola.causal_lm import check_bits, check_source, load_causal_lm
     from nola.hf_adapter import load_adapter
-    from nola.inject import set_merged
+    from nola.adapters import set_merged
 
     check_bits(source, launch.device)
     check_source(source)

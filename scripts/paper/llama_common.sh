@@ -14,33 +14,15 @@
 #   MASTER_PORT (default 29500).
 # A failed preflight prints one `error: ...` line and exits 2; a failed step exits 1 naming its log.
 
-LLAMA_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PY="${PYTHON:-$LLAMA_REPO/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
-RUN_ROOT="${NOLA_RUN_ROOT:-$LLAMA_REPO}"
-DRY_RUN=0
-RESUME=0
-NPROC=1
-
-die() { echo "error: $*" >&2; exit 2; }
-
-parse_args() {
-  while [ $# -gt 0 ]; do
-    case "$1" in
-      --nproc_per_node|--nproc-per-node) [ $# -ge 2 ] || die "$1 needs a number"; NPROC=$2; shift 2 ;;
-      --nproc_per_node=*|--nproc-per-node=*) NPROC=${1#*=}; shift ;;
-      --dry-run) DRY_RUN=1; shift ;;
-      --resume) RESUME=1; shift ;;
-      -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
-      *) die "unknown option $1 (use --dry-run, --resume, --nproc_per_node N)" ;;
-    esac
-  done
-  [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc_per_node '$NPROC' is not a positive integer"
-}
+# die, parse_args (--dry-run, --resume, --nproc_per_node) and the paths come from the GPT-2 rows' common.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+LLAMA_REPO=$PAPER_REPO
 
 # llama_preflight NAME SIZE: CUDA, the weights and the data, before any work (skipped by --dry-run).
 llama_preflight() {
   local name=$1 size=$2 gpus
+  NPROC=${NPROC:-1}
+  [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc_per_node '$NPROC' is not a positive integer"
   [ -d "$RUN_ROOT" ] || die "NOLA_RUN_ROOT=$RUN_ROOT is not a folder"
   RUN_ROOT=$(cd "$RUN_ROOT" && pwd)
   MODEL_DIR="${LLAMA_MODELS:-$RUN_ROOT/pretrained_checkpoints}/Llama-2-${size,,}-hf"

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from nola.basis import basis_seed, uniform_rows
+from nola.dropout import PaddedDropout
 from nola.quant import check_bits, fake_quant
 
 MODES = ("materialised", "onthefly")
@@ -204,8 +205,12 @@ def apply_delta(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> 
 
 
 def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
-    """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it."""
-    return loralib.MergedLinear(
+    """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it;
+    its dropout draws the padded batch's masks (:class:`nola.dropout.PaddedDropout`)."""
+    layer = loralib.MergedLinear(
         n_embd, 3 * n_embd, r=cfg.dim, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False,
     )
+    if cfg.dropout > 0:
+        layer.lora_dropout = PaddedDropout(cfg.dropout)
+    return layer

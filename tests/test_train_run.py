@@ -160,12 +160,14 @@ def test_qnola_and_lora_lower_validation_loss(tiny_gpt2, base, data, tmp_path, n
         assert all("lora_" in k for k in ckpt["tensors"]) and ckpt["config"]["dim"] == 4
 
 
-def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda(gpus=2))])
+def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp_path, device):
     """DistributedSampler gives rank r the indices perm[r::2] of the permutation one process walks,
     so step i of 2 x batch 2 sees exactly the 4 examples of step i of 1 x batch 4. Every example scores
     the same number of tokens, so the mean of the per-rank token-mean losses (DDP's averaged
-    gradient) is the one-process token mean: the parameters must agree to float rounding."""
-    args = common(tiny_gpt2, base, data["equal"], data["valid"]) + NOLA + [
+    gradient) is the one-process token mean: the parameters must agree to float rounding.
+    On CUDA the two processes are two GPUs talking NCCL."""
+    args = ["--device", device] + common(tiny_gpt2, base, data["equal"], data["valid"]) + NOLA + [
         "--nola_num_basis", "64", "--lr", "0.05", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
         "--scheduler", "constant", "--label_smooth", "0.1", "--max_step", "8", "--save_interval", "8",
         "--log_interval", "4", "--eval_interval", "100", "--random_seed", "3"]

@@ -71,21 +71,25 @@ def test_trim_collate_is_the_padded_batch_cut_at_its_longest_sequence(e2e_data):
         assert cut > 0 if seq_len == 40 else cut == 0
 
 
-def test_padded_dropout_draws_the_padded_mask_and_leaves_the_generator_where_nn_dropout_does():
-    x = torch.randn(3, 16, 8)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_dropout_draws_the_padded_mask_and_leaves_the_generator_where_nn_dropout_does(device):
+    x = torch.randn(3, 16, 1024, device=device)
     torch.manual_seed(5)
     reference = nn.Dropout(0.1).train()(x)
-    after = torch.rand(4)
+    after = torch.rand(4, device=device)
     drop = PaddedDropout(0.1).train()
     drop.padded_len = 16
     torch.manual_seed(5)
     trimmed = drop(x[:, :11])
-    assert torch.equal(trimmed, reference[:, :11]) and torch.equal(torch.rand(4), after)
+    assert torch.equal(trimmed, reference[:, :11]) and torch.equal(torch.rand(4, device=device), after)
     assert (trimmed == 0).any() and torch.equal(drop.eval()(x), x)
 
 
-def _argv(base: Path, train: Path, valid: Path, adapter: list[str]) -> list[str]:
-    return ["--train_data", str(train), "--valid_data", str(valid), "--seq_len", str(SEQ),
+def _argv(base: Path, train: Path, valid: Path, adapter: list[str], device: str) -> list[str]:
+    return ["--device", device, "--train_data", str(train), "--valid_data", str(valid), "--seq_len", str(SEQ),
             "--train_batch_size", "2", "--valid_batch_size", "4", "--model_card", str(base / "card.json"),
             "--init_checkpoint", str(base / "pytorch_model.bin"), "--platform", "local", "--threads", "1",
             "--max_step", str(STEPS), "--log_interval", "1", "--eval_interval", "1000",
@@ -95,8 +99,9 @@ def _argv(base: Path, train: Path, valid: Path, adapter: list[str]) -> list[str]
 def _padded_training(argv: list[str]) -> list[float]:
     """The original loop: padded batches, full-head lm_loss, loralib's nn.Dropout, .item() each step."""
     args = build_parser().parse_args(argv)
+    device = torch.device(args.device)
     seed_everything(args.random_seed)
-    model = build_model(args, torch.device("cpu")).model
+    model = build_model(args, device).model
     for module in model.modules():
         if hasattr(module, "lora_dropout") and args.lora_dropout > 0:
             module.lora_dropout = nn.Dropout(args.lora_dropout)
@@ -108,7 +113,7 @@ def _padded_training(argv: list[str]) -> list[float]:
     model.train()
     losses = []
     for step, ids in enumerate(list(loader.batch_sampler)[:args.max_step]):
-        batch = default_collate([data[i] for i in ids])
+        batch = {k: v.to(device) for k, v in default_collate([data[i] for i in ids]).items()}
         assert batch["input"].shape[1] == SEQ
         logits, _ = model(batch["input"])
         loss = lm_loss(logits, batch["target"], batch["mask"], args.label_smooth)
@@ -122,13 +127,14 @@ def _padded_training(argv: list[str]) -> list[float]:
 
 
 @torch.no_grad()
-def _padded_validation(model: nn.Module, path: Path, batch_size: int) -> tuple[float, float]:
+def _padded_validation(model: nn.Module, path: Path, batch_size: int, device: str) -> tuple[float, float]:
     """The original's token-averaged validation loss over padded batches and the full head."""
     model.eval()
     data = FTDataset(path, SEQ)
-    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    total, count = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(2))
     for start in range(0, len(data), batch_size):
-        batch = default_collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        batch = {k: v.to(device) for k, v in default_collate(items).items()}
         logits, _ = model(batch["input"])
         nll = nn.functional.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), reduction="none")
         total += (nll * batch["mask"].flatten()).sum()
@@ -137,17 +143,18 @@ def _padded_validation(model: nn.Module, path: Path, batch_size: int) -> tuple[f
     return loss, math.exp(loss)
 
 
-# On the fly equals materialised (test_layers), so that row runs with the slow checks only.
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.slow] if "onthefly" in name else []) for name in ADAPTERS])
+# On the fly equals materialised (test_layers), so on CPU that row runs with the slow checks only;
+# on CUDA it is the default mode.
+@pytest.mark.parametrize("device, name", [
+    pytest.param("cpu", name, marks=[pytest.mark.slow] if "onthefly" in name else []) for name in ADAPTERS] + [
+    pytest.param("cuda", name, marks=pytest.mark.cuda) for name in ADAPTERS])
 def test_trimmed_training_and_validation_equal_the_padded_full_head(long_gpt2, e2e_data, valid_sample, tmp_path,
-                                                                    one_thread, name):
-    argv = _argv(long_gpt2, e2e_data / "valid.jsonl", valid_sample, ADAPTERS[name])
+                                                                    one_thread, device, name):
+    argv = _argv(long_gpt2, e2e_data / "valid.jsonl", valid_sample, ADAPTERS[name], device)
     work = tmp_path / "run"
     main(argv + ["--work_dir", str(work)])
     rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     trimmed = [r["loss"] for r in rows if r["split"] == "train"]
-    torch.set_num_threads(1)
     padded = _padded_training(argv)
     assert len(trimmed) == len(padded) == STEPS
     worst = max(abs(a - b) / abs(b) for a, b in zip(trimmed, padded))
@@ -158,8 +165,8 @@ def test_trimmed_training_and_validation_equal_the_padded_full_head(long_gpt2, e
     # Validation at step 20 in the run, against the padded computation with the weights it saved.
     valid = next(r for r in rows if r["split"] == "valid")
     args = build_parser().parse_args(argv + ["--init_checkpoint", str(work / f"model.{STEPS}.pt")])
-    saved = build_model(args, torch.device("cpu")).model
-    loss, ppl = _padded_validation(saved, valid_sample, 4)
+    saved = build_model(args, torch.device(device)).model
+    loss, ppl = _padded_validation(saved, valid_sample, 4, device)
     print(f"{name}: validation loss trimmed {valid['loss']!r} padded {loss!r}")
     assert valid["loss"] == pytest.approx(loss, rel=1e-6)
     assert valid["ppl"] == pytest.approx(ppl, rel=1e-6 * loss)  # d(ppl)/ppl = d(loss): the same bound

@@ -128,7 +128,8 @@ def training_rows(cfg: GPT2Config, data: FTDataset, args, device) -> tuple[list[
     padded = [on(default_collate([data[i] for i in b]), device) for b in ids]
     trimmed = [on(trim_collate([data[i] for i in b]), device) for b in ids]
     for b in trimmed:
-        b["labels"], b["attention_mask"] = hf_labels(b), torch.ones_like(b["input"])
+        real = torch.arange(b["input"].shape[1], device=device) < b["length"][:, None]
+        b["labels"], b["attention_mask"] = hf_labels(b), real.long()  # what a padding collator gives
     tokens = [int(b["length"].sum()) for b in trimmed]
 
     def ours(**adapter) -> GPT2LMModel:

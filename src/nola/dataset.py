@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
@@ -120,7 +121,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
-    collate_fn=None,
+    collate_fn: Callable[[list], dict] | None = None,
 ) -> DataLoader:
     """A DataLoader whose ``DistributedSampler`` gives process ``rank`` of ``world_size`` its own shard.
 

@@ -64,21 +64,29 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
     return statistics.median(times)
 
 
-def interleaved_seconds(systems: dict[str, Callable[[], object]], rounds: int,
-                        device: torch.device = torch.device("cpu")) -> dict[str, float]:
-    """Median time of each system over ``rounds``, the systems taking turns within every round so
-    that a slow spell of the machine hits them all alike; one untimed warm-up run each."""
-    for fn in systems.values():
-        fn()
+def interleaved_times(systems: dict[str, Callable[[int], object]], rounds: int,
+                      device: torch.device = torch.device("cpu"), warmup: bool = True) -> dict[str, list[float]]:
+    """Wall times of each system in every round ``r`` (called as ``fn(r)``), the systems taking
+    turns within every round so that a slow spell of the machine hits them all alike; with
+    ``warmup`` one untimed run each (``fn(0)``) first."""
+    for fn in systems.values() if warmup else ():
+        fn(0)
     times: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(rounds):
+    for r in range(rounds):
         for name, fn in systems.items():
             sync(device)
             start = time.perf_counter()
-            fn()
+            fn(r)
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_seconds(systems: dict[str, Callable[[], object]], rounds: int,
+                        device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """Median time of each system over ``rounds`` of :func:`interleaved_times`."""
+    calls = {name: (lambda r, fn=fn: fn()) for name, fn in systems.items()}
+    return {name: statistics.median(t) for name, t in interleaved_times(calls, rounds, device).items()}
 
 
 def peak_memory_bytes(device: torch.device) -> int:

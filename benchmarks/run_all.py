@@ -1,6 +1,6 @@
 """Run every benchmark and collect their tables in benchmarks/results/summary[_quick].md.
 
-    python benchmarks/run_all.py [--quick]     (--quick: under 10 minutes on a 2-core CPU)
+    python benchmarks/run_all.py [--quick]     (--quick: under 5 minutes on a quiet 2-core CPU)
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from common import RESULTS, machine
 HERE = Path(__file__).resolve().parent
 # (script, takes --quick)
 BENCHMARKS = [("adapter_size.py", False), ("basis_memory.py", False), ("encode_throughput.py", False),
-              ("decode.py", True), ("train_step.py", True)]
+              ("decode.py", True), ("train_step.py", True), ("train_throughput.py", True)]
 
 
 def main() -> None:

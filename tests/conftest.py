@@ -10,6 +10,25 @@ REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("NOLA_DATA_MIRROR", REPO.parent / "shared")).resolve()
 
 
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``@pytest.mark.cuda(gpus=N)`` checks are deselected (not skipped) where fewer GPUs are visible,
+    so the CPU suite never lists them; ``scripts/gpu_check.sh`` runs them on a GPU machine."""
+    gpus = visible_gpus()
+    keep, dropped = [], []
+    for item in items:
+        mark = item.get_closest_marker("cuda")
+        (dropped if mark and mark.kwargs.get("gpus", 1) > gpus else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

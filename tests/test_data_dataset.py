@@ -42,6 +42,7 @@ def test_two_examples_value_by_value(two):
         "mask": [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
         "query": [10, 11, E, 0, 0, 0],
         "query_len": 3,
+        "length": 6,
     }
     assert _values(data[1]) == {
         "id": 1,
@@ -50,11 +51,12 @@ def test_two_examples_value_by_value(two):
         "mask": [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0],
         "query": [30, 31, 32, 33, E, 0],
         "query_len": 5,
+        "length": 7,
     }
     item = data[1]
     assert {k: v.dtype for k, v in item.items()} == {
         "id": torch.long, "input": torch.long, "target": torch.long,
-        "mask": torch.float, "query": torch.long, "query_len": torch.long}
+        "mask": torch.float, "query": torch.long, "query_len": torch.long, "length": torch.long}
     assert item["id"].dim() == 0 and item["query_len"].dim() == 0
 
 
@@ -67,6 +69,7 @@ def test_truncation_keeps_the_start_of_input_and_the_end_of_query(two):
         "mask": [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],  # FT_Dataset: len(context)-1 zeros, input_len-len(context) ones
         "query": [32, 33, E],                   # kept from the right
         "query_len": 3,
+        "length": 6,                            # input_len: cut at seq_len
     }
 
 

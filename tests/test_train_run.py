@@ -113,7 +113,6 @@ def test_paper_command_under_torch_distributed_launch_lowers_validation_loss(tin
     proc = launch(args)
     valid = rows(work, "valid")
     assert [r["step"] for r in valid] == [50, 100, 150, 200]
-    print(f"NOLA valid loss {valid[0]['loss']:.4f} -> {valid[-1]['loss']:.4f}")
     assert valid[-1]["loss"] < valid[0]["loss"] - 0.02
     train = rows(work, "train")
     assert [r["step"] for r in train] == [50, 100, 150, 200]
@@ -149,7 +148,6 @@ def test_qnola_and_lora_lower_validation_loss(tiny_gpt2, base, data, tmp_path, n
         "--train_batch_size", "2", "--scheduler", "linear", "--warmup_step", "10", "--max_step", "150",
         "--save_interval", "1000", "--log_interval", "50", "--eval_interval", "50", "--work_dir", str(work)])
     valid = rows(work, "valid")
-    print(f"{name} valid loss {valid[0]['loss']:.4f} -> {valid[-1]['loss']:.4f}")
     assert valid[-1]["loss"] < valid[0]["loss"] - 0.02
     ckpt = read_checkpoint(work / "model.150.pt")
     if "--qnola" in flags:  # 2 roles x (alpha, beta) x 2 layers x 1000 coefficients, 3 bits each
@@ -159,12 +157,14 @@ def test_qnola_and_lora_lower_validation_loss(tiny_gpt2, base, data, tmp_path, n
         assert all("lora_" in k for k in ckpt["tensors"]) and ckpt["config"]["dim"] == 4
 
 
-def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda(gpus=2))])
+def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp_path, device):
     """DistributedSampler gives rank r the indices perm[r::2] of the permutation one process walks,
     so step i of 2 x batch 2 sees exactly the 4 examples of step i of 1 x batch 4. Every example scores
     the same number of tokens, so the mean of the per-rank token-mean losses (DDP's averaged
-    gradient) is the one-process token mean: the parameters must agree to float rounding."""
-    args = common(tiny_gpt2, base, data["equal"], data["valid"]) + NOLA + [
+    gradient) is the one-process token mean: the parameters must agree to float rounding.
+    On CUDA the two processes are two GPUs talking NCCL."""
+    args = ["--device", device] + common(tiny_gpt2, base, data["equal"], data["valid"]) + NOLA + [
         "--nola_num_basis", "64", "--lr", "0.05", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
         "--scheduler", "constant", "--label_smooth", "0.1", "--max_step", "8", "--save_interval", "8",
         "--log_interval", "4", "--eval_interval", "100", "--random_seed", "3"]
@@ -173,7 +173,6 @@ def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp
     two, one = adapter(tmp_path / "two" / "model.8.pt"), adapter(tmp_path / "one" / "model.8.pt")
     moved = max((t - 1 / 64).abs().max().item() for t in one.values())
     delta = max_diff(two, one)
-    print(f"2 processes vs 1: max |delta| {delta:.3g} (parameters moved {moved:.3g})")
     assert moved > 0.05 and delta < 1e-5
     # Both ranks saw their shard: the 2-process validation averages the same 32 examples.
     valid_two, valid_one = rows(tmp_path / "two", "valid")[-1], rows(tmp_path / "one", "valid")[-1]

@@ -4,7 +4,7 @@ The work is split by job: :mod:`nola.formats` (raw files -> formatted jsonl), :m
 (GPT-2 BPE and encoding), :mod:`nola.dataset` (tensors and sharded loaders), :mod:`nola.download`
 (fetching raw files, vocabulary and checkpoints). Import from here.
 """
-from nola.dataset import FTDataset, make_loader, read_encoded
+from nola.dataset import FTDataset, make_loader, read_encoded, trim_collate
 from nola.formats import WEBNLG_SEEN_CATEGORIES, convert, read_formatted
 from nola.tokenizer import EOS_ID, encode_file, encode_records, load_reference_tokenizer, load_tokenizer
 
@@ -20,4 +20,5 @@ __all__ = [
     "make_loader",
     "read_encoded",
     "read_formatted",
+    "trim_collate",
 ]

@@ -4,15 +4,18 @@ Per example (microsoft/LoRA NLG's FT_Dataset without prefix/infix tuning): ``inp
 context + completion right-padded with 0 to ``seq_len`` (cut at the end), ``target`` the same
 sequence shifted by one, ``mask`` 0 for the first ``len(context) - 1`` target positions and 1 for
 the completion targets, ``query`` the context kept from the right to ``seq_len - eval_len`` tokens
-and right-padded with 0, ``query_len`` its unpadded length, ``id`` the line index.
+and right-padded with 0, ``query_len`` its unpadded length, ``length`` the unpadded length of
+``input``, ``id`` the line index. :func:`trim_collate` batches them for training and validation
+without the padding.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from nola.config import TrainConfig
 from nola.errors import fail
@@ -92,6 +95,7 @@ class FTDataset(Dataset):
             "mask": torch.tensor(_pad(mask, self.seq_len, 0.0), dtype=torch.float),
             "query": torch.tensor(_pad(query, query_room, 0), dtype=torch.long),
             "query_len": torch.tensor(len(query), dtype=torch.long),
+            "length": torch.tensor(input_len, dtype=torch.long),
         }
 
 
@@ -119,6 +123,21 @@ def training_datasets(cfg: TrainConfig, vocab_size: int) -> tuple[Dataset, Datas
     return (JointLM(train_ds) if cfg.obj == "jlm" else train_ds), valid_ds
 
 
+def trim_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The default batch with ``input``, ``target`` and ``mask`` cut to its longest real sequence,
+    plus ``positions``: the flat indices into the cut (B, T) grid of the tokens with a loss.
+
+    Padding is on the right and attention is causal, so no real position sees the cut columns and
+    every loss is the padded batch's; examples and their order are the sampler's.
+    """
+    batch = default_collate(items)
+    longest = int(batch["length"].max())
+    for key in ("input", "target", "mask"):
+        batch[key] = batch[key][:, :longest].contiguous()
+    batch["positions"] = batch["mask"].flatten().nonzero().squeeze(1)
+    return batch
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -127,16 +146,19 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
+    collate_fn: Callable[[list], dict] | None = None,
 ) -> DataLoader:
     """A DataLoader whose ``DistributedSampler`` gives process ``rank`` of ``world_size`` its own shard.
 
     Works without ``torch.distributed`` initialised. Call ``loader.sampler.set_epoch(epoch)`` each
     epoch to reshuffle. Without ``drop_last`` the sampler repeats a few examples so every shard has
     the same length (each keeps its ``id``, so decoded outputs can be de-duplicated).
+    ``collate_fn`` (e.g. :func:`trim_collate`) replaces the default batching.
     """
     if not 0 <= rank < world_size:
         fail(f"rank {rank} is outside world size {world_size}")
     sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
+                      collate_fn=collate_fn)

@@ -21,6 +21,7 @@ from torch import nn
 
 from nola.basis import basis_seed, uniform_rows
 from nola.config import LoRAConfig, NOLAConfig
+from nola.dropout import PaddedDropout
 from nola.quant import fake_quant
 
 BASIS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -218,11 +219,15 @@ class _SlotsHook:
 
 
 def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
-    """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it."""
-    return loralib.MergedLinear(
+    """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it;
+    its dropout draws the padded batch's masks (:class:`nola.dropout.PaddedDropout`)."""
+    layer = loralib.MergedLinear(
         n_embd, 3 * n_embd, r=cfg.dim, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False,
     )
+    if cfg.dropout > 0:
+        layer.lora_dropout = PaddedDropout(cfg.dropout)
+    return layer
 
 
 def lora_delta(layer: loralib.LoRALayer) -> torch.Tensor:

@@ -219,6 +219,19 @@ class GPT2LMModel(nn.Module):
     ) -> tuple[torch.Tensor, Past]:
         """Logits (B, T, V) and the new cache. ``key_mask`` (B, past+T) marks real tokens.
         ``last_only``: logits of the last position only, (B, 1, V) (decoding needs no others)."""
+        x, presents = self.hidden(input_ids, past, position_ids, key_mask, last_only)
+        return F.linear(x, self.transformer.wte.weight), presents
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        past: Past | None = None,
+        position_ids: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, Past]:
+        """What :meth:`forward` feeds the LM head: the final layer-normed states (B, T, D), and the
+        cache. Training applies the head only where the loss is (:mod:`nola.objective`)."""
         t = input_ids.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
         if position_ids is None:
@@ -232,8 +245,7 @@ class GPT2LMModel(nn.Module):
             presents.append(present)
         if last_only:
             x = x[:, -1:]
-        x = tr.ln_f(x)
-        return F.linear(x, tr.wte.weight), presents
+        return tr.ln_f(x), presents
 
     def merge_adapters(self) -> None:
         """Fold every adapter delta into its frozen weight, so decoding costs the base model."""

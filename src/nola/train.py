@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
@@ -33,12 +32,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nola.build import BuiltModel, build_model, model_config
 from nola.checkpoint import check_metadata, metadata, save_adapter
 from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
-from nola.dataset import make_loader, training_datasets
+from nola.dataset import make_loader, training_datasets, trim_collate
 from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed
+from nola.dropout import pad_dropout_to
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.log import get_logger
-from nola.model import lm_loss
+from nola.objective import MaskedLM, masked_nll_sum
 from nola.optim import Schedule, cycle_knots, make_optimizer
 from nola.resume import (adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path, rng_state,
                          run_record, save_resume, set_rng_state, trim_log)
@@ -84,12 +84,12 @@ class Trainer:
         self.model, self.base_path, self.base_sha = built.model, built.base_path, built.base_sha256
         self.work_dir = Path(args.work_dir)
         self.loader = make_loader(train_ds, args.train_batch_size, shuffle=True, seed=seed,
-                                  rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
+                                  rank=ctx.rank, world_size=ctx.world_size, drop_last=True, collate_fn=trim_collate)
         if len(self.loader) == 0:
             fail(f"--train_data {args.train_data}: {len(train_ds)} examples make no full batch of "
                  f"{args.train_batch_size} on each of {ctx.world_size} processes; lower --train_batch_size")
         shard = Subset(valid_ds, range(ctx.rank, len(valid_ds), ctx.world_size))
-        self.valid_loader = DataLoader(shard, batch_size=args.valid_batch_size, shuffle=False)
+        self.valid_loader = DataLoader(shard, batch_size=args.valid_batch_size, shuffle=False, collate_fn=trim_collate)
         self.max_step = default_max_step(optim, args.train_batch_size, len(train_ds), ctx.world_size)
         knots = cycle_knots(optim.i_steps, optim.i_lrs) if optim.scheduler == "cycle" else ()
         self.schedule = Schedule(optim.scheduler, optim.lr, optim.warmup_step, self.max_step, knots)
@@ -101,10 +101,11 @@ class Trainer:
         self.step, self.position, self.best_ppl, self.rng = 0, (1, 0), None, None
         if resume is not None:
             self._restore(resume)
-        self.net = self.model
+        pad_dropout_to(self.model, args.seq_len)  # LoRA dropout masks as the padded batches draw them
+        self.net = MaskedLM(self.model)
         if ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self.net = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
         self.last_model_step = self.step if resume is not None else -1
         self.last_valid_step = -1
 
@@ -141,14 +142,15 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def train_batch(self, batch: dict[str, torch.Tensor], update: bool, lr: float) -> float:
-        """Forward/backward of one batch; an optimiser update when ``update``. Returns the loss."""
-        inp, tgt, mask = (batch[k].to(self.device) for k in ("input", "target", "mask"))
-        no_sync = self.net.no_sync() if (not update and self.net is not self.model) else contextlib.nullcontext()
+    def train_batch(self, batch: dict[str, torch.Tensor], update: bool, lr: float) -> torch.Tensor:
+        """Forward/backward of one trimmed batch (:func:`trim_collate`); an optimiser update when
+        ``update``. Returns the loss, detached and on the device (no host sync)."""
+        inp, tgt, mask, pos = (batch[k].to(self.device) for k in ("input", "target", "mask", "positions"))
+        ddp = isinstance(self.net, DistributedDataParallel)
+        no_sync = self.net.no_sync() if (not update and ddp) else contextlib.nullcontext()
         with no_sync:
             with self._autocast():
-                logits, _ = self.net(inp)
-            loss = lm_loss(logits, tgt, mask, self.args.label_smooth)
+                loss = self.net(inp, tgt, mask, pos, self.args.label_smooth)
             self.scaler.scale(loss / self.args.grad_acc).backward()
         if update:
             for group in self.optimizer.param_groups:
@@ -159,7 +161,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -167,12 +169,11 @@ class Trainer:
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for batch in self.valid_loader:
-            inp, tgt, mask = (batch[k].to(self.device) for k in ("input", "target", "mask"))
+            on_device = {k: batch[k].to(self.device) for k in ("input", "target", "mask", "positions")}
             with self._autocast():
-                logits, _ = self.model(inp)
-            nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none")
-            total[0] += (nll * mask.flatten()).sum()
-            total[1] += mask.sum()
+                nll, count = masked_nll_sum(self.model, on_device)
+            total[0] += nll
+            total[1] += count
         if dist.is_initialized():
             dist.all_reduce(total)
         self.model.train()
@@ -205,7 +206,7 @@ class Trainer:
     def _epochs(self, bar: tqdm) -> None:
         args = self.args
         epoch, skip = self.position
-        meter, tick = [0.0, 0], time.perf_counter()
+        meter, tick = self._meter(), time.perf_counter()
         while self.optim.max_epoch is None or epoch <= self.optim.max_epoch:
             self.loader.sampler.set_epoch(epoch)
             done = False
@@ -217,12 +218,12 @@ class Trainer:
                 self.step += 1
                 lr = self.schedule.lr_at(self.step - 1)
                 loss = self.train_batch(batch, update=self.step % args.grad_acc == 0, lr=lr)
-                meter[0] += loss
+                meter[0] += loss.double()
                 meter[1] += 1
                 bar.update(1)
                 if self.step % args.log_interval == 0:
-                    self._log_train(epoch, idx + 1, lr, loss, meter, time.perf_counter() - tick)
-                    meter, tick = [0.0, 0], time.perf_counter()
+                    self._log_train(epoch, idx + 1, lr, loss, meter, tick)
+                    meter, tick = self._meter(), time.perf_counter()
                 done = self.step >= self.max_step
                 halt = args.stop_at_step is not None and self.step >= args.stop_at_step
                 if not done and self.step % args.eval_interval == 0:
@@ -244,12 +245,16 @@ class Trainer:
             epoch, skip = epoch + 1, 0
         log.info("end of training at step %d", self.step)
 
-    def _log_train(self, epoch: int, batches: int, lr: float, loss: float, meter: list, elapsed: float) -> None:
-        sums = torch.tensor(meter, dtype=torch.float64, device=self.device)
+    def _meter(self) -> list:
+        """[Σ loss on the device in float64, batch count]: read only when a line is logged."""
+        return [torch.zeros((), dtype=torch.float64, device=self.device), 0]
+
+    def _log_train(self, epoch: int, batches: int, lr: float, last: torch.Tensor, meter: list, tick: float) -> None:
+        sums = torch.stack([meter[0], torch.tensor(float(meter[1]), dtype=torch.float64, device=self.device)])
         if dist.is_initialized():
             dist.all_reduce(sums)
-        avg = (sums[0] / sums[1]).item()
-        ms = elapsed * 1000 / meter[1]
+        avg, loss = (sums[0] / sums[1]).item(), last.item()  # the first host sync since the last line
+        ms = (time.perf_counter() - tick) * 1000 / meter[1]
         ppl = math.exp(min(avg, 700.0))
         log.info("| epoch %3d step %8d | %6d batches | lr %.3g | ms/batch %7.2f | loss %6.3f | avg loss %6.3f "
                  "| ppl %9.3f", epoch, self.step, batches, lr, ms, loss, avg, ppl)

@@ -85,19 +85,15 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, list[tuple[n
     return found
 
 
-def _refresh(model: nn.Module, inputs: tuple) -> None:
-    for group in model.nola.values():
-        group.refresh()
-
-
 def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str],
-           group_cls: type[NOLAGroup] = NOLAGroup) -> nn.ModuleDict:
+           group_cls: type[NOLAGroup] = NOLAGroup, refresh_on: nn.Module | None = None) -> nn.ModuleDict:
     """Adapt ``target_modules`` of ``model`` with NOLA; freeze everything but α and β.
 
     The groups (``group_cls``: a variant of how the factors are mixed, for benchmarks) are
     registered as ``model.nola`` (state-dict keys ``nola.<role>.alpha`` / ``.beta``) and built on the
     device of the adapted weights (so bases materialise there, and cost nothing on ``meta``); the
-    model records ``adapter_spec``. Returns the groups."""
+    model records ``adapter_spec``. A forward pre-hook on ``refresh_on`` (default: ``model``), the
+    module every forward pass goes through, mixes all factors once per pass. Returns the groups."""
     if hasattr(model, "nola") and isinstance(model.nola, nn.ModuleDict):
         raise ValueError(f"{type(model).__name__} already carries NOLA adapters")
     if not target_modules:
@@ -112,9 +108,14 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str],
         groups[role] = group
     model.nola = groups
     model.adapter_spec = AdapterSpec(cfg, tuple(target_modules))
-    model.register_forward_pre_hook(_refresh)
+    (refresh_on or model).register_forward_pre_hook(lambda module, inputs: _refresh(groups))
     freeze_base(model)
     return groups
+
+
+def _refresh(groups: nn.ModuleDict) -> None:
+    for group in groups.values():
+        group.refresh()
 
 
 def freeze_base(model: nn.Module) -> None:

@@ -127,6 +127,24 @@ class GPT2Model(nn.Module):
         redraw_as_original(self)
 
 
+    def forward(self, input_ids: torch.Tensor, past: Past | None = None, position_ids: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None, last_only: bool = False) -> tuple[torch.Tensor, Past]:
+        """Final layer-normed states (B, T, D) and the new cache; see :meth:`GPT2LMModel.forward`."""
+        t = input_ids.shape[1]
+        past_len = 0 if past is None else past[0][0].shape[2]
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + t, device=input_ids.device).unsqueeze(0)
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        mask = attention_mask(past_len, t, key_mask, input_ids.device)
+        presents = []
+        for i, block in enumerate(self.h):
+            x, present = block(x, None if past is None else past[i], mask)
+            presents.append(present)
+        if last_only:
+            x = x[:, -1:]
+        return self.ln_f(x), presents
+
+
 @torch.no_grad()
 def redraw_as_original(tr: GPT2Model) -> None:
     """The global-RNG draws microsoft/LoRA's ``GPT2LMModel`` makes after building its layers, in its
@@ -198,7 +216,7 @@ class GPT2LMModel(nn.Module):
         if nola is not None:
             if not gpt2_targets(nola):
                 raise ValueError("--nola_rank needs a target: add --nola_qv and/or --nola_mlp")
-            inject(self, nola, gpt2_targets(nola))
+            inject(self, nola, gpt2_targets(nola), refresh_on=self.transformer)
         freeze_base(self)
 
     @property
@@ -232,20 +250,7 @@ class GPT2LMModel(nn.Module):
     ) -> tuple[torch.Tensor, Past]:
         """What :meth:`forward` feeds the LM head: the final layer-normed states (B, T, D), and the
         cache. Training applies the head only where the loss is (:mod:`nola.objective`)."""
-        t = input_ids.shape[1]
-        past_len = 0 if past is None else past[0][0].shape[2]
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + t, device=input_ids.device).unsqueeze(0)
-        tr = self.transformer
-        x = tr.wte(input_ids) + tr.wpe(position_ids)
-        mask = attention_mask(past_len, t, key_mask, input_ids.device)
-        presents = []
-        for i, block in enumerate(tr.h):
-            x, present = block(x, None if past is None else past[i], mask)
-            presents.append(present)
-        if last_only:
-            x = x[:, -1:]
-        return tr.ln_f(x), presents
+        return self.transformer(input_ids, past, position_ids, key_mask, last_only)
 
     def merge_adapters(self) -> None:
         """Fold every adapter delta into its frozen weight, so decoding costs the base model."""

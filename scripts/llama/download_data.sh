@@ -12,7 +12,6 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
 root="$here"
 args=()
 while [ $# -gt 0 ]; do

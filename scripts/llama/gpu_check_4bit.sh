@@ -6,5 +6,4 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 cd "$here" || exit 2
-export PYTHONPATH="$here/src:$here${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" scripts/llama/gpu_check_4bit.py "$@"
+exec "$PY" -m scripts.llama.gpu_check_4bit "$@"   # as a module from the repository root, for scripts.tiny_llama

@@ -154,7 +154,6 @@ run_row() {
   preflight "$name" "$model" "$dataset"
   COMMANDS=()
   cd "$RUN_ROOT" || die "cannot enter $RUN_ROOT"
-  export PYTHONPATH="$PAPER_REPO/src${PYTHONPATH:+:$PYTHONPATH}"
   [ "$DRY_RUN" = 1 ] || mkdir -p "$WORK/logs"
   RESUME_FLAGS=()
   [ "$RESUME" = 1 ] && RESUME_FLAGS=(--resume "$WORK")

@@ -69,7 +69,6 @@ run_llama_row() {
   llama_preflight "$name" "$size"
   [ $((acc % NPROC)) -eq 0 ] || die "--nproc_per_node $NPROC does not divide the gradient accumulation $acc"
   cd "$RUN_ROOT" || die "cannot enter $RUN_ROOT"
-  export PYTHONPATH="$LLAMA_REPO/src${PYTHONPATH:+:$PYTHONPATH}"
   [ "$DRY_RUN" = 1 ] || mkdir -p "$WORK/logs"
   local resume=()
   [ "$RESUME" = 1 ] && resume=(--resume "$WORK")

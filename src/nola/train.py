@@ -333,6 +333,7 @@ class Trainer:
                 break
             epoch, skip = epoch + 1, 0
         log.info("end of training at step %d", self.step)
+        log.info("training log: %s (plot: python scripts/plot_log.py %s)", self.work_dir / LOG_FILE, self.work_dir)
 
     def _log_train(self, epoch: int, batches: int, lr: float, loss: float, meter: list, elapsed: float) -> None:
         sums = torch.tensor(meter, dtype=torch.float64, device=self.device)

@@ -42,13 +42,13 @@ class Plan:
     steps: int
     seq_len: int
     train_contexts: int = 500
-    valid_contexts: int = 40
-    test_contexts: int = 50
+    valid_contexts: int = 20
+    test_contexts: int = 40
     batch: int = 8
     lr: float = 0.1
 
 
-TINY = Plan(num_basis=256, steps=240, seq_len=72)
+TINY = Plan(num_basis=256, steps=200, seq_len=72)
 REAL = Plan(num_basis=1000, steps=300, seq_len=128)  # the paper's k=l=1000 on q and v
 
 
@@ -190,7 +190,7 @@ def main() -> None:
         "--platform", "local", "--clip", "0.0", "--lr", str(plan.lr), "--weight_decay", "0.0", "--correct_bias",
         "--adam_beta2", "0.999", "--scheduler", "linear", "--warmup_step", str(plan.steps // 10),
         "--max_step", str(plan.steps), "--save_interval", str(10 * plan.steps),
-        "--log_interval", str(plan.steps // 6), "--eval_interval", str(plan.steps // 3),
+        "--log_interval", str(plan.steps // 6), "--eval_interval", str(plan.steps // 2),
         "--nola_rank", "8", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", str(plan.num_basis),
         "--label_smooth", "0.1", "--work_dir", str(work), "--random_seed", "110"))
     ckpt = work / f"model.{plan.steps}.pt"

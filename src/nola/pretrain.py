@@ -41,13 +41,13 @@ class BaseRecipe:
     n_positions: int = 256
     init_seed: int = 0
     steps: int = 300
-    batch: int = 16
+    batch: int = 8
     seq_len: int = 64
     lr: float = 0.003
     warmup: int = 30
     weight_decay: float = 0.01
     obj: str = "jlm"
-    valid_lines: int = 400
+    valid_lines: int = 200
     train_seed: int = 1
 
 

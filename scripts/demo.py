@@ -42,13 +42,14 @@ class Plan:
     steps: int
     seq_len: int
     train_contexts: int = 500
-    valid_contexts: int = 20
+    valid_contexts: int = 47
     test_contexts: int = 40
     batch: int = 8
     lr: float = 0.1
+    warmup: int = 50
 
 
-TINY = Plan(num_basis=256, steps=200, seq_len=72)
+TINY = Plan(num_basis=100, steps=600, seq_len=96)  # the NOLA run of scripts/mini_reproduction.sh
 REAL = Plan(num_basis=1000, steps=300, seq_len=128)  # the paper's k=l=1000 on q and v
 
 
@@ -188,7 +189,7 @@ def main() -> None:
         "--train_batch_size", str(plan.batch), "--grad_acc", "1", "--valid_batch_size", "8",
         "--seq_len", str(plan.seq_len), "--model_card", card, "--init_checkpoint", str(base_ckpt),
         "--platform", "local", "--clip", "0.0", "--lr", str(plan.lr), "--weight_decay", "0.0", "--correct_bias",
-        "--adam_beta2", "0.999", "--scheduler", "linear", "--warmup_step", str(plan.steps // 10),
+        "--adam_beta2", "0.999", "--scheduler", "linear", "--warmup_step", str(plan.warmup),
         "--max_step", str(plan.steps), "--save_interval", str(10 * plan.steps),
         "--log_interval", str(plan.steps // 6), "--eval_interval", str(plan.steps // 2),
         "--nola_rank", "8", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", str(plan.num_basis),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite. `bash scripts/test.sh` is what CI runs; add --slow for the long checks.
+# Run the test suite. `bash scripts/test.sh` is what CI runs (slow tests excluded);
+# `--slow` runs everything, the slow checks included; `--slow-only` runs only the slow checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NOLA_DATA_MIRROR="${NOLA_DATA_MIRROR:-$(cd .. && pwd)/shared}"
@@ -8,8 +9,8 @@ if [ -z "${PYTHON:-}" ] && [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv && .venv/bin/pip install -q -r requirement.txt
 fi
 PY="${PYTHON:-.venv/bin/python}"
-if [ "${1:-}" = "--slow" ]; then
-  shift
-  exec "$PY" -m pytest -m slow "$@"
-fi
+case "${1:-}" in
+  --slow) shift; exec "$PY" -m pytest "$@" ;;
+  --slow-only) shift; exec "$PY" -m pytest -m slow "$@" ;;
+esac
 exec "$PY" -m pytest -m "not slow" "$@"

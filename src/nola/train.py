@@ -244,6 +244,7 @@ class Trainer:
                 break
             epoch, skip = epoch + 1, 0
         log.info("end of training at step %d", self.step)
+        log.info("training log: %s (plot: python scripts/plot_log.py %s)", self.work_dir / LOG_FILE, self.work_dir)
 
     def _meter(self) -> list:
         """[Σ loss on the device in float64, batch count]: read only when a line is logged."""

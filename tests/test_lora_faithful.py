@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from nola.model import GPT2Model
 from src.gpt2_ft import main
 
 SEED = 110
@@ -89,10 +90,10 @@ def _ours_at_first_forward(argv: list[str]):
     """Run gpt2_ft.py's main and stop it at the model's first forward; what it saw there."""
     seen = {}
 
-    def observe(module, args):
-        if hasattr(module, "lora_config"):
+    def observe(module, args):  # the transformer runs first in training (through the loss module) and decoding
+        if isinstance(module, GPT2Model):
             seen["layers"] = [(blk.attn.c_attn.lora_A.detach().clone(), blk.attn.c_attn.lora_B.detach().clone())
-                              for blk in module.transformer.h]
+                              for blk in module.h]
             seen["rng"] = torch.get_rng_state()
             raise _FirstForward
 

@@ -43,19 +43,11 @@ llama_preflight() {
   fi
 }
 
-quote_line() {
-  local arg line=""
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then line+="$arg "; else line+="$(printf '%q' "$arg") "; fi
-  done
-  echo "${line% }"
-}
-
 # llama_step LABEL CMD...: print it under --dry-run, else run it with its output in $WORK/logs/LABEL.log.
 llama_step() {
   local label=$1 log
   shift
-  if [ "$DRY_RUN" = 1 ]; then quote_line "$@"; return 0; fi
+  if [ "$DRY_RUN" = 1 ]; then shell_quote "$@"; return 0; fi
   log="$WORK/logs/$label.log"
   echo "== [$(date -u +%H:%M:%S)] $label (log: $log)"
   "$@" >> "$log" 2>&1 || { echo "error: $label failed: see $log" >&2; exit 1; }

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nola.config import AdapterRequest, LlamaSource, LoRAConfig, NOLAConfig
+from nola.config import AdapterRequest, LlamaSource, LoRAConfig, NOLAConfig, auto_mode
 from nola.errors import fail
 from nola.adapters import inject
 from nola.lora_inject import inject_lora
@@ -85,8 +85,7 @@ def adapter_config(request: AdapterRequest, device: torch.device) -> NOLAConfig 
         if request.wants_lora:
             return LoRAConfig(**request.lora)
         if request.wants_nola:
-            mode = "onthefly" if device.type == "cuda" else "materialised"
-            return NOLAConfig(**{**request.nola, "mode": mode})
+            return NOLAConfig(**{**request.nola, "mode": auto_mode(device.type)})
     except ValueError as exc:
         fail(str(exc))
     fail("no adapter: give --nola_rank R --nola_num_basis K (NOLA) or --lora_dim R (LoRA)")

@@ -174,6 +174,11 @@ class LaunchConfig:
         validate(self)
 
 
+def auto_mode(device_type: str) -> str:
+    """``--nola_mode auto``: bases regenerated on the fly on CUDA (no memory), kept in memory elsewhere."""
+    return "onthefly" if device_type == "cuda" else "materialised"
+
+
 @dataclass(kw_only=True)
 class ModelSource:
     """Which GPT-2 to build and from which file; the NOLA execution mode is chosen here because
@@ -192,9 +197,7 @@ class ModelSource:
         validate(self)
 
     def mode_for(self, device_type: str) -> str:
-        if self.nola_mode != "auto":
-            return self.nola_mode
-        return "onthefly" if device_type == "cuda" else "materialised"
+        return auto_mode(device_type) if self.nola_mode == "auto" else self.nola_mode
 
 
 @dataclass(kw_only=True)

@@ -237,20 +237,8 @@ class GPT2LMModel(nn.Module):
     ) -> tuple[torch.Tensor, Past]:
         """Logits (B, T, V) and the new cache. ``key_mask`` (B, past+T) marks real tokens.
         ``last_only``: logits of the last position only, (B, 1, V) (decoding needs no others)."""
-        x, presents = self.hidden(input_ids, past, position_ids, key_mask, last_only)
+        x, presents = self.transformer(input_ids, past, position_ids, key_mask, last_only)
         return F.linear(x, self.transformer.wte.weight), presents
-
-    def hidden(
-        self,
-        input_ids: torch.Tensor,
-        past: Past | None = None,
-        position_ids: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, Past]:
-        """What :meth:`forward` feeds the LM head: the final layer-normed states (B, T, D), and the
-        cache. Training applies the head only where the loss is (:mod:`nola.objective`)."""
-        return self.transformer(input_ids, past, position_ids, key_mask, last_only)
 
     def merge_adapters(self) -> None:
         """Fold every adapter delta into its frozen weight, so decoding costs the base model."""

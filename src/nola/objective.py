@@ -30,7 +30,7 @@ def masked_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, target: torc
 
 def masked_nll_sum(model: GPT2LMModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation: Σ mask·nll (no smoothing) over a batch on the model's device, and Σ mask."""
-    hidden, _ = model.hidden(batch["input"])
+    hidden, _ = model.transformer(batch["input"])  # final states; the head runs below
     positions = batch["positions"]
     logits = head_at(hidden, model.transformer.wte.weight, positions)
     nll = F.cross_entropy(logits.float(), batch["target"].flatten().index_select(0, positions), reduction="none")
@@ -46,5 +46,5 @@ class MaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                 label_smooth: float = 0.0) -> torch.Tensor:
-        hidden, _ = self.model.hidden(input_ids)
+        hidden, _ = self.model.transformer(input_ids)
         return masked_lm_loss(hidden, self.model.transformer.wte.weight, target, mask, positions, label_smooth)

@@ -85,6 +85,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_ranks_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the ranks (a new tensor; ``value`` itself without a process group)."""
+    if not dist.is_initialized():
+        return value
+    total = value.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def rank_share(loss_sum: torch.Tensor, total: torch.Tensor | float, world_size: int) -> torch.Tensor:
+    """What each of ``world_size`` DDP ranks backpropagates so that DDP's gradient average is the
+    gradient of (Σ over ranks of ``loss_sum``) / ``total``: ``loss_sum · world_size / total``.
+
+    ``total`` is the denominator of the whole job's batch (e.g. its token count summed over the
+    ranks). The mean over the ranks of the result is that batch's loss, and with one process the
+    result is ``loss_sum / total`` to the bit (× 1 is exact).
+    """
+    return loss_sum * world_size / total
+
+
 def gather_objects(obj: object, ctx: DistContext) -> list[object]:
     """Every rank's ``obj`` on every rank (a one-element list without a process group)."""
     if not dist.is_initialized():

@@ -16,6 +16,7 @@ from torch import nn
 
 from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
+from nola.distributed import rank_share
 from nola.layers import lora_attention
 
 CARDS = {
@@ -254,16 +255,20 @@ class GPT2LMModel(nn.Module):
 
 
 def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-            label_smooth: float = 0.0) -> torch.Tensor:
+            label_smooth: float = 0.0, tokens: torch.Tensor | None = None, world_size: int = 1) -> torch.Tensor:
     """Masked token cross-entropy, with label smoothing as microsoft/LoRA's NLG code applies it:
-    ``(1-ε)·nll + ε·mean(-log p)``, summed over masked tokens and divided by ``Σmask + 1e-4``."""
+    ``(1-ε)·nll + ε·mean(-log p)``, summed over masked tokens and divided by ``Σmask + 1e-4``.
+
+    Under DDP, ``tokens`` is ``Σmask`` summed over the ranks of the micro-step and the result this
+    rank's :func:`~nola.distributed.rank_share` of the all-rank batch's loss (the defaults: one process)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     loss = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     if label_smooth > 0:
         loss = (1.0 - label_smooth) * loss - label_smooth * logp.mean(dim=-1)
     if mask is None:
         mask = torch.ones_like(loss)
-    return (loss * mask).sum() / (mask.sum() + 1e-4)
+    total = mask.sum() if tokens is None else tokens
+    return rank_share((loss * mask).sum(), total + 1e-4, world_size)
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -22,10 +22,12 @@ def head_at(hidden: torch.Tensor, head_weight: torch.Tensor, positions: torch.Te
 
 
 def masked_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                   positions: torch.Tensor, label_smooth: float = 0.0) -> torch.Tensor:
+                   positions: torch.Tensor, label_smooth: float = 0.0, tokens: torch.Tensor | None = None,
+                   world_size: int = 1) -> torch.Tensor:
     """:func:`nola.model.lm_loss` of the full logits, computed at ``positions`` (mask ≠ 0) only."""
     picked = lambda t: t.flatten().index_select(0, positions)  # noqa: E731
-    return lm_loss(head_at(hidden, head_weight, positions), picked(target), picked(mask), label_smooth)
+    return lm_loss(head_at(hidden, head_weight, positions), picked(target), picked(mask), label_smooth, tokens,
+                   world_size)
 
 
 def masked_nll_sum(model: GPT2LMModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,13 +40,16 @@ def masked_nll_sum(model: GPT2LMModel, batch: dict[str, torch.Tensor]) -> tuple[
 
 
 class MaskedLM(nn.Module):
-    """The training loss of a batch as one module, so DistributedDataParallel can wrap it."""
+    """The training loss of a batch as one module, so DistributedDataParallel can wrap it. Under
+    ``world_size`` ranks, ``tokens`` is the micro-step's ``Σmask`` over all of them (see
+    :func:`nola.model.lm_loss`)."""
 
-    def __init__(self, model: GPT2LMModel) -> None:
+    def __init__(self, model: GPT2LMModel, world_size: int = 1) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.world_size = model, world_size
 
     def forward(self, input_ids: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                label_smooth: float = 0.0) -> torch.Tensor:
+                label_smooth: float = 0.0, tokens: torch.Tensor | None = None) -> torch.Tensor:
         hidden, _ = self.model.transformer(input_ids)
-        return masked_lm_loss(hidden, self.model.transformer.wte.weight, target, mask, positions, label_smooth)
+        return masked_lm_loss(hidden, self.model.transformer.wte.weight, target, mask, positions, label_smooth,
+                              tokens, self.world_size)

@@ -33,7 +33,7 @@ from nola.build import BuiltModel, build_model, model_config
 from nola.checkpoint import check_metadata, metadata, save_adapter
 from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
 from nola.dataset import make_loader, training_datasets, trim_collate
-from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed
+from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed
 from nola.dropout import pad_dropout_to
 from nola.errors import fail
 from nola.fileio import atomic_open
@@ -102,7 +102,7 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
         pad_dropout_to(self.model, args.seq_len)  # LoRA dropout masks as the padded batches draw them
-        self.net = MaskedLM(self.model)
+        self.net = MaskedLM(self.model, ctx.world_size)
         if ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
@@ -144,13 +144,17 @@ class Trainer:
 
     def train_batch(self, batch: dict[str, torch.Tensor], update: bool, lr: float) -> torch.Tensor:
         """Forward/backward of one trimmed batch (:func:`trim_collate`); an optimiser update when
-        ``update``. Returns the loss, detached and on the device (no host sync)."""
+        ``update``. The loss is divided by the micro-step's target-token count over all ranks, so N
+        ranks at batch b compute one process's loss and gradient at batch N·b (:func:`nola.model.lm_loss`).
+        Returns this rank's share of it times the world size (the ranks' mean is the loss), detached
+        and on the device (no host sync)."""
         inp, tgt, mask, pos = (batch[k].to(self.device) for k in ("input", "target", "mask", "positions"))
+        tokens = all_ranks_sum(mask.sum())
         ddp = isinstance(self.net, DistributedDataParallel)
         no_sync = self.net.no_sync() if (not update and ddp) else contextlib.nullcontext()
         with no_sync:
             with self._autocast():
-                loss = self.net(inp, tgt, mask, pos, self.args.label_smooth)
+                loss = self.net(inp, tgt, mask, pos, self.args.label_smooth, tokens)
             self.scaler.scale(loss / self.args.grad_acc).backward()
         if update:
             for group in self.optimizer.param_groups:
@@ -251,10 +255,10 @@ class Trainer:
         return [torch.zeros((), dtype=torch.float64, device=self.device), 0]
 
     def _log_train(self, epoch: int, batches: int, lr: float, last: torch.Tensor, meter: list, tick: float) -> None:
-        sums = torch.stack([meter[0], torch.tensor(float(meter[1]), dtype=torch.float64, device=self.device)])
-        if dist.is_initialized():
-            dist.all_reduce(sums)
-        avg, loss = (sums[0] / sums[1]).item(), last.item()  # the first host sync since the last line
+        count = torch.tensor(float(meter[1]), dtype=torch.float64, device=self.device)
+        sums = all_ranks_sum(torch.stack([meter[0], count, last.double()]))
+        # The first host sync since the last line; the ranks' mean of their shares is the loss.
+        avg, loss = (sums[0] / sums[1]).item(), (sums[2] / self.ctx.world_size).item()
         ms = (time.perf_counter() - tick) * 1000 / meter[1]
         ppl = math.exp(min(avg, 700.0))
         log.info("| epoch %3d step %8d | %6d batches | lr %.3g | ms/batch %7.2f | loss %6.3f | avg loss %6.3f "

@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nola.alpaca import IGNORE_INDEX, AlpacaDataset, collate, dataset_path, pad_token_id, read_records
 from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
-from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed
+from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, rank_share
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.hf_adapter import base_identity, save_adapter
@@ -116,11 +115,8 @@ class AlpacaTrainer:
     def update(self) -> float:
         """One optimiser update; returns the update's token-mean loss over all processes."""
         batches = [{k: v.to(self.ctx.device) for k, v in b.items()} for b in self._micro_batches()]
-        total = torch.tensor([float(sum((b["labels"][:, 1:] != IGNORE_INDEX).sum().item() for b in batches)), 0.0],
-                             dtype=torch.float64, device=self.ctx.device)
-        if dist.is_initialized():
-            dist.all_reduce(total)
-        tokens = max(total[0].item(), 1.0)
+        mine = float(sum((b["labels"][:, 1:] != IGNORE_INDEX).sum().item() for b in batches))
+        tokens = max(all_ranks_sum(torch.tensor(mine, dtype=torch.float64, device=self.ctx.device)).item(), 1.0)
         loss_sum = 0.0
         for j, batch in enumerate(batches):
             last = j == len(batches) - 1
@@ -130,7 +126,7 @@ class AlpacaTrainer:
                     logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
                                       ignore_index=IGNORE_INDEX, reduction="sum")
-                (nll * (self.ctx.world_size / tokens)).backward()
+                rank_share(nll, tokens, self.ctx.world_size).backward()
             loss_sum += nll.item()
         lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:
@@ -140,10 +136,7 @@ class AlpacaTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        summed = torch.tensor([loss_sum], dtype=torch.float64, device=self.ctx.device)
-        if dist.is_initialized():
-            dist.all_reduce(summed)
-        return summed.item() / tokens
+        return all_ranks_sum(torch.tensor(loss_sum, dtype=torch.float64, device=self.ctx.device)).item() / tokens
 
     def save(self) -> None:
         """The adapter folder and resume.pt at the current step (rank 0 writes; every rank's RNG)."""

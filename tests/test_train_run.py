@@ -16,6 +16,7 @@ import torch
 from src.gpt2_ft import main
 from nola.build import build_model
 from nola.config import ModelSource
+from nola.data import FTDataset, make_loader, trim_collate
 from nola.checkpoint import adapter_tensors, read_checkpoint
 from nola.errors import run_cli
 from nola.fileio import sha256_file
@@ -42,12 +43,13 @@ def base(tiny_gpt2, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(e2e_data, tmp_path_factory) -> dict[str, Path]:
-    """train: the E2E valid split; valid: its first 32 lines; equal: 48 examples that all score the
-    same number of completion tokens at --seq_len 48 (see test_two_processes_equal_one_with_twice_the_batch);
-    small: 12 of those (6 batches of 2 an epoch)."""
+    """train: the E2E valid split; valid: its first 32 lines; mixed: its first 48 lines (10 to 32
+    scored tokens each at --seq_len 48; one epoch of 12 batches of 4); equal: 48 examples that all
+    score the same number of completion tokens; small: 12 of those (6 batches of 2 an epoch)."""
     out = tmp_path_factory.mktemp("data")
     lines = (e2e_data / "valid.jsonl").read_text().splitlines(keepends=True)
     (out / "valid32.jsonl").write_text("".join(lines[:32]))
+    (out / "mixed.jsonl").write_text("".join(lines[:48]))
     by_tokens = defaultdict(list)
     for line in lines:
         item = json.loads(line)
@@ -55,8 +57,8 @@ def data(e2e_data, tmp_path_factory) -> dict[str, Path]:
     equal = max(by_tokens.values(), key=len)
     (out / "equal.jsonl").write_text("".join(equal[:48]))
     (out / "small.jsonl").write_text("".join(equal[:12]))
-    return {"train": e2e_data / "valid.jsonl", "valid": out / "valid32.jsonl", "equal": out / "equal.jsonl",
-            "small": out / "small.jsonl"}
+    return {"train": e2e_data / "valid.jsonl", "valid": out / "valid32.jsonl", "mixed": out / "mixed.jsonl",
+            "equal": out / "equal.jsonl", "small": out / "small.jsonl"}
 
 
 @pytest.fixture(autouse=True)
@@ -157,23 +159,46 @@ def test_qnola_and_lora_lower_validation_loss(tiny_gpt2, base, data, tmp_path, n
         assert all("lora_" in k for k in ckpt["tensors"]) and ckpt["config"]["dim"] == 4
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda(gpus=2))])
-def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp_path, device):
-    """DistributedSampler gives rank r the indices perm[r::2] of the permutation one process walks,
-    so step i of 2 x batch 2 sees exactly the 4 examples of step i of 1 x batch 4. Every example scores
-    the same number of tokens, so the mean of the per-rank token-mean losses (DDP's averaged
-    gradient) is the one-process token mean: the parameters must agree to float rounding.
-    On CUDA the two processes are two GPUs talking NCCL."""
-    args = ["--device", device] + common(tiny_gpt2, base, data["equal"], data["valid"]) + NOLA + [
+def test_two_ranks_micro_batches_are_the_one_process_batch_and_score_different_token_counts(data):
+    """DistributedSampler gives rank r the entries perm[r::2] of the permutation one process walks, so
+    step k's batch of 2 on rank r holds perm[4k + r] and perm[4k + 2 + r]: rank 0's and rank 1's
+    examples interleaved are step k's batch of 4 in one process, in its order. On the real lines the
+    two ranks score different token counts, so the mean of per-rank token means (what the original's
+    DDP averages) is not the batch's token mean: the test below can tell the two rules apart."""
+    dataset = FTDataset(data["mixed"], SEQ)
+    loaders = [make_loader(dataset, batch_size, shuffle=True, seed=3, rank=rank, world_size=world, drop_last=True,
+                           collate_fn=trim_collate) for batch_size, rank, world in ((4, 0, 1), (2, 0, 2), (2, 1, 2))]
+    for loader in loaders:
+        loader.sampler.set_epoch(1)
+    steps = list(zip(*loaders))
+    assert len(steps) == 12
+    uneven = 0
+    for one, rank0, rank1 in steps:
+        assert one["id"].tolist() == [i for pair in zip(rank0["id"].tolist(), rank1["id"].tolist()) for i in pair]
+        uneven += rank0["mask"].sum().item() != rank1["mask"].sum().item()
+    assert uneven >= 9
+
+
+@pytest.mark.parametrize("device, grad_acc", [("cpu", 1), ("cpu", 2),
+                                              pytest.param("cuda", 1, marks=pytest.mark.cuda(gpus=2))])
+def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp_path, device, grad_acc):
+    """Real E2E lines of different lengths, 12 steps (one epoch). Each micro-step's loss is divided by
+    its token count over both ranks, so 2 processes x batch 2 compute the loss and gradient of 1 x
+    batch 4 (with --grad_acc, micro-step by micro-step, as one process averages its micro-batches):
+    the parameters and the logged losses agree to float rounding. On CUDA: two GPUs talking NCCL."""
+    args = ["--device", device] + common(tiny_gpt2, base, data["mixed"], data["valid"]) + NOLA + [
         "--nola_num_basis", "64", "--lr", "0.05", "--weight_decay", "0.01", "--correct_bias", "--adam_beta2", "0.999",
-        "--scheduler", "constant", "--label_smooth", "0.1", "--max_step", "8", "--save_interval", "8",
-        "--log_interval", "4", "--eval_interval", "100", "--random_seed", "3"]
+        "--scheduler", "constant", "--label_smooth", "0.1", "--max_step", "12", "--save_interval", "12",
+        "--log_interval", "4", "--eval_interval", "100", "--random_seed", "3", "--grad_acc", str(grad_acc)]
     launch(args + ["--train_batch_size", "2", "--work_dir", str(tmp_path / "two")], nproc=2)
     main(args + ["--train_batch_size", "4", "--work_dir", str(tmp_path / "one")])
-    two, one = adapter(tmp_path / "two" / "model.8.pt"), adapter(tmp_path / "one" / "model.8.pt")
+    two, one = adapter(tmp_path / "two" / "model.12.pt"), adapter(tmp_path / "one" / "model.12.pt")
     moved = max((t - 1 / 64).abs().max().item() for t in one.values())
-    delta = max_diff(two, one)
-    assert moved > 0.05 and delta < 1e-5
+    assert moved > 0.1 and max_diff(two, one) <= 1e-6
+    # The logged losses are the all-rank token means one process logs.
+    for row_two, row_one in zip(rows(tmp_path / "two", "train"), rows(tmp_path / "one", "train"), strict=True):
+        assert row_two["loss"] == pytest.approx(row_one["loss"], rel=1e-6)
+        assert row_two["avg_loss"] == pytest.approx(row_one["avg_loss"], rel=1e-6)
     # Both ranks saw their shard: the 2-process validation averages the same 32 examples.
     valid_two, valid_one = rows(tmp_path / "two", "valid")[-1], rows(tmp_path / "one", "valid")[-1]
     assert valid_two["loss"] == pytest.approx(valid_one["loss"], abs=1e-4)

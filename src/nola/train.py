@@ -3,7 +3,12 @@
 One step is one batch per process, as in the original: the learning rate follows the batch count,
 the optimiser updates every ``--grad_acc`` batches, and ``max_step`` defaults to
 ``ceil(max_epoch · ceil(N / batch) / world_size)``. Under several processes the model is wrapped in
-DistributedDataParallel (gradients averaged) and each rank trains its own shard of every epoch.
+DistributedDataParallel (gradients averaged) and each rank trains its own shard of every epoch:
+with W processes at batch b, rank r's k-th batch holds entries ``W·(k·b + i) + r`` (i < b) of the
+epoch's permutation, so the ranks' batches interleaved are one process's k-th batch of W·b. Each
+micro-step's loss is divided by its target-token count over all ranks, so W processes at batch b
+train as one at batch W·b (with ``--grad_acc``: micro-step by micro-step, as one process averages
+its micro-batches' means); the original divides by each rank's own count, the same only for W = 1.
 
 Outputs in ``--work_dir``: ``model.<step>.pt`` (the compact adapter file, or a full state dict with
 ``--save_full``) every ``--save_interval`` steps and at each epoch end, ``resume.pt`` (see

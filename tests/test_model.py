@@ -111,3 +111,27 @@ def test_label_smoothed_masked_loss_matches_formula():
     assert torch.allclose(lm_loss(logits, target, mask, 0.1), expected, atol=1e-6)
     plain = torch.nn.functional.cross_entropy(logits.view(-1, 11), target.view(-1))
     assert torch.allclose(lm_loss(logits, target) * (10 + 1e-4) / 10, plain, atol=1e-6)
+
+
+def test_rank_shares_of_a_split_batch_average_to_the_whole_batch_loss_and_gradient():
+    """Two 'ranks' holding rows of 2 and 4 scored tokens: each divides by the 6 tokens of both and
+    scales by 2, so DDP's mean of their gradients is the whole batch's. With the defaults
+    (one process) the loss is the original's Σ / (Σmask + 1e-4) to the bit."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    target = torch.randint(0, 11, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float)
+    whole = lm_loss(logits, target, mask, 0.1)
+    (expected,) = torch.autograd.grad(whole, logits)
+    shares = [lm_loss(logits[r], target[r], mask[r], 0.1, tokens=mask.sum(), world_size=2) for r in range(2)]
+    (grad,) = torch.autograd.grad(sum(shares) / 2, logits)
+    assert torch.allclose(sum(shares) / 2, whole, rtol=1e-6) and torch.allclose(grad, expected, rtol=1e-6)
+    means = sum(lm_loss(logits[r], target[r], mask[r], 0.1) for r in range(2)) / 2  # each rank's own count
+    (skewed,) = torch.autograd.grad(means, logits)
+    assert torch.allclose(skewed[0], expected[0] * 6 / 4, rtol=1e-4)  # row 0's 2 tokens weigh 1/4, not 1/6
+    # microsoft/LoRA's formula, written out: the one-process loss and gradient are these, to the bit.
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    smoothed = 0.9 * -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) - 0.1 * logp.mean(dim=-1)
+    original = (smoothed * mask).sum() / (mask.sum() + 1e-4)
+    assert torch.equal(whole, original)
+    assert torch.equal(expected, torch.autograd.grad(original, logits)[0])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -122,7 +123,9 @@ def read_file(path: str | os.PathLike, fix: str, missing: str | None = None) -> 
 
             obj = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a corrupt header also draws torch's "unknown pickle protocol" warning
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         fail(f"checkpoint {path} is not readable (permission denied): fix its permissions")
     except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's: torch, pickle, zip, safetensors

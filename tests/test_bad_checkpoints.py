@@ -100,6 +100,7 @@ def files(tmp_path_factory, tiny_gpt2) -> Path:
     d = tmp_path_factory.mktemp("bad_ckpt")
     shutil.copy(tiny_gpt2 / "card.json", d / "card.json")
     shutil.copy(tiny_gpt2 / "pytorch_model.bin", d / "base.bin")
+    shutil.copy(tiny_gpt2 / "model.safetensors", d / "base.safetensors")
     rnd = random.Random(3)
     lines = [{"context": [rnd.randrange(50257) for _ in range(6)], "completion": [rnd.randrange(50257) for _ in range(5)]}
              for _ in range(6)]
@@ -230,11 +231,12 @@ def test_content_digest_is_the_documented_encoding_and_container_independent(tmp
 
 
 def test_truncated_or_flipped_files_of_every_kind_raise_only_usage_errors(files):
-    """Cut each kind of file at 12 points and flip 12 of its bytes: the loader either returns the
-    file's content unchanged (a byte the container ignores) or raises the one-line error."""
+    """Cut each kind of file at 12 points and flip 12 of its bytes: the loader raises the one-line
+    error, or returns a sealed file's content unchanged (a byte the container ignores); base files
+    carry no checksum (an adapter records its base's file SHA-256 instead)."""
     from nola.resume import load_resume
 
-    sources = {"bin": files / "base.bin", "adapter": files / "model.100.pt", "resume": files / "rs" / "resume.pt"}
+    sources = {"bin": files / "base.bin", "safetensors": files / "base.safetensors", "adapter": files / "model.100.pt", "resume": files / "rs" / "resume.pt"}
     for kind, path in sources.items():
         load = load_resume if kind == "resume" else read_checkpoint
         data, rnd = path.read_bytes(), random.Random(kind)
@@ -249,7 +251,7 @@ def test_truncated_or_flipped_files_of_every_kind_raise_only_usage_errors(files)
                     continue
                 if kind == "resume":
                     got = torch.load(bad, weights_only=True)
-                assert kind == "bin" or content_digest(got) == want, f"{kind}: byte {at} changed the content unnoticed"
+                assert kind in ("bin", "safetensors") or content_digest(got) == want, f"{kind}: byte {at} changed the content unnoticed"
         bad.unlink()
 
 

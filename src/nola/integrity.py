@@ -126,6 +126,8 @@ def read_file(path: str | os.PathLike, fix: str, missing: str | None = None) -> 
             with warnings.catch_warnings():  # a corrupt header also draws torch's "unknown pickle protocol" warning
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except PermissionError:
         fail(f"checkpoint {path} is not readable (permission denied): fix its permissions")
     except Exception as exc:  # noqa: BLE001 - any failure to parse is the file's: torch, pickle, zip, safetensors

@@ -98,7 +98,8 @@ def test_one_metadata_block_in_adapter_file_resume_file_and_export(tiny_gpt2, tm
 
 def test_resume_file_written_before_the_shared_block_still_loads(tmp_path):
     old = {"format": "nola-resume", "version": 1, "adapter": "nola", "adapter_config": NOLAConfig(qv=True).to_dict(),
-           "base": {"path": "b.bin", "sha256": "0" * 64}, "model_config": {}, "run": {}}
+           "base": {"path": "b.bin", "sha256": "0" * 64}, "model_config": {}, "run": {},
+           "step": 0, "trainable": {}, "optimizer": {}, "scaler": {}, "rng": []}
     torch.save(old, tmp_path / "resume.pt")
     state = load_resume(tmp_path)
     assert state["config"] == NOLAConfig(qv=True).to_dict() and "adapter_config" not in state

@@ -22,6 +22,7 @@ import nola
 from nola.config import LoRAConfig, NOLAConfig
 from nola.errors import UsageError
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
+from nola.integrity import CONTENT_KEY, content_digest
 from nola.adapters import gpt2_targets, set_merged
 from nola.model import GPT2Config as ForkConfig
 from nola.model import GPT2LMModel, count_trainable
@@ -264,12 +265,14 @@ def _one_line_error(model, folder) -> str:
 
 
 def _rewrite_payload(folder, edit) -> None:
-    """Edit the tensors of a saved adapter and re-record the payload hash, as another tool would."""
-    tensors = load_safetensors((folder / WEIGHTS_FILE).read_bytes())
-    payload = save_safetensors(edit(tensors))
+    """Edit the tensors of a saved adapter and re-record the payload and content hashes, as another tool would."""
+    tensors = edit(load_safetensors((folder / WEIGHTS_FILE).read_bytes()))
+    payload = save_safetensors(tensors)
     (folder / WEIGHTS_FILE).write_bytes(payload)
     header = json.loads((folder / CONFIG_FILE).read_text())
     header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    del header[CONTENT_KEY]
+    header[CONTENT_KEY] = content_digest({"header": header, "tensors": tensors})
     (folder / CONFIG_FILE).write_text(json.dumps(header))
 
 

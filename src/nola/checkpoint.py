@@ -3,19 +3,19 @@
 An adapter file (``model.<step>.pt``) holds only what NOLA says must be stored: the coefficients
 (b-bit packed when quantised), the adapter configuration (seeds included), the model card and the
 identity of the base checkpoint (path + SHA-256). ``--save_full`` files hold a full state dict
-under ``model_state_dict`` as microsoft/LoRA's scripts wrote it, plus the same metadata.
+under ``model_state_dict`` as microsoft/LoRA's scripts wrote it, plus the same metadata. Both are
+sealed with a content checksum (:mod:`nola.integrity`) that :func:`read_checkpoint` verifies.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from nola.errors import fail
 from nola.fileio import atomic_torch_save, sha256_file
+from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.adapters import is_adapter_key
 from nola.log import get_logger
@@ -27,26 +27,35 @@ FORMAT_VERSION = 1
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _TIED_HEADS = ("lm_head.weight", "lm_head.decoder.weight")
 _SUFFIXES = {".g": ".weight", ".b": ".bias", ".w": ".weight"}
+_SCHEMA = {"version": int, "adapter": (str, type(None)), "config": (dict, type(None)), "model_config": dict,
+           "base": dict, "step": int}
+_QUANTISED = {"names": list, "shapes": list, "bits": int, "codes": torch.Tensor, "scale": torch.Tensor}
+READ_FIX = ("copy or download it again (bash download_pretrained_checkpoints.sh for the GPT-2 bases); "
+            "an adapter file can be re-trained (gpt2_ft.py --resume WORK_DIR continues from resume.pt)")
+ADAPTER_FIX = "copy it again, or re-train it (gpt2_ft.py --resume WORK_DIR continues the run from its resume.pt)"
 
 log = get_logger(__name__)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a ``.safetensors`` or ``torch.save`` file into a dict (CPU), with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        fail(f"checkpoint {path} not found: run `bash download_pretrained_checkpoints.sh` or fix the path")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """Load a ``.safetensors`` or ``torch.save`` file into a dict (CPU), with one-line errors; a
+    file of ours (adapter or ``--save_full``) has its content checksum and keys checked too."""
+    ckpt = read_file(path, READ_FIX, missing="run `bash download_pretrained_checkpoints.sh` or fix the path")
+    if ckpt.get("format") == ADAPTER_FORMAT:
+        check_sealed(ckpt, path, ADAPTER_FIX)
+        check_adapter_schema(ckpt, path)
+    return ckpt
 
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        fail(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}): download or re-save it")
-    if not isinstance(obj, dict):
-        fail(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
-    return obj
+
+def check_adapter_schema(ckpt: dict, source: str | os.PathLike) -> None:
+    """The keys and types :func:`save_adapter` writes (older files lack only ``content_sha256``)."""
+    check_schema(ckpt, _SCHEMA, source, ADAPTER_FIX)
+    payload = "tensors" if "tensors" in ckpt else "model_state_dict"
+    check_schema(ckpt, {payload: dict}, source, ADAPTER_FIX)
+    check_tensors(ckpt[payload], source, payload, ADAPTER_FIX)
+    if "quantised" in ckpt:
+        check_schema(ckpt, {"quantised": dict}, source, ADAPTER_FIX)
+        check_schema(ckpt["quantised"], _QUANTISED, f"{source} ('quantised')", ADAPTER_FIX)
 
 
 def is_adapter(ckpt: dict) -> bool:
@@ -99,7 +108,9 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
 
 def metadata(model: GPT2LMModel, base_path: str | None, base_sha256: str | None) -> dict:
     """The one metadata block written into adapter files, ``resume.pt`` and exports: format
-    version, adapter kind and configuration, model card, and the base checkpoint's identity."""
+    version, adapter kind and configuration, model card, and the base checkpoint's identity. Files
+    carrying it are written through :func:`nola.integrity.seal` (``content_sha256``) and checked
+    when read (:func:`read_checkpoint`, :func:`nola.resume.load_resume`)."""
     cfg = model.adapter
     return {"version": FORMAT_VERSION, "adapter": adapter_kind(cfg), "config": cfg.to_dict() if cfg else None,
             "model_config": model.config.to_dict(), "base": {"path": base_path, "sha256": base_sha256}}
@@ -149,7 +160,7 @@ def save_adapter(model: GPT2LMModel, path: str | os.PathLike, base_path: str | N
         meta["tensors"] = {k: v.detach().cpu().clone() for k, v in state.items() if qbits is None}
         if qbits is not None:
             meta["quantised"] = pack_state(state, qbits)
-    return atomic_torch_save(meta, path, compact=not full)
+    return atomic_torch_save(seal(meta), path, compact=not full)
 
 
 def adapter_tensors(ckpt: dict) -> dict[str, torch.Tensor]:

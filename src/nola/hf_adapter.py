@@ -3,7 +3,8 @@
 :func:`save_adapter` writes what :func:`nola.adapters.inject` (or :func:`nola.lora_inject.inject_lora`)
 put on a model: the adapter kind and its configuration (seeds included), the target modules, the
 roles with their layer counts and shapes, the identity of the base model (class and a SHA-256 of
-its configuration) and a SHA-256 of the tensor file. The tensors are α/β (or LoRA's A/B) in
+its configuration), a SHA-256 of the tensor file and ``content_sha256`` over all of it
+(:mod:`nola.integrity`: the header, seeds included, and the tensors). The tensors are α/β (or LoRA's A/B) in
 float32; with qNOLA the b-bit codes of :func:`nola.quant.pack_state` as one uint8 stream plus the
 float32 row scales. :func:`load_adapter` checks all of it — the wrong base, a changed file, a
 missing or unexpected key are one-line errors, never warnings — and injects into a bare base.
@@ -16,14 +17,13 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from nola.config import adapter_from_dict, adapter_kind, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_open
+from nola.integrity import CONTENT_KEY, check_digest, content_digest, read_file
 from nola.adapters import adapter_state, inject, is_adapter_key, is_merged, set_merged
 from nola.lora_inject import inject_lora
 from nola.quant import pack_state, unpack_state
@@ -84,6 +84,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         header["tensors"] = dict(zip(packed["names"], packed["shapes"]))
     payload = save_safetensors(tensors)
     header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    header[CONTENT_KEY] = content_digest({"header": header, "tensors": tensors})
     with atomic_open(directory / WEIGHTS_FILE, "wb") as handle:
         handle.write(payload)
     with atomic_open(directory / CONFIG_FILE) as handle:
@@ -117,10 +118,9 @@ def _read_tensors(path: Path, header: dict, source: Path) -> dict[str, torch.Ten
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         fail(f"{path}: SHA-256 differs from the one in {source.name} (changed or from another save): "
              f"save the adapter again")
-    try:
-        tensors = load_safetensors(payload)
-    except SafetensorError as exc:
-        fail(f"{path} is not a readable safetensors file ({exc}): save the adapter again")
+    tensors = read_file(path, "save the adapter again")
+    content = {"header": {k: v for k, v in header.items() if k != CONTENT_KEY}, "tensors": tensors}
+    check_digest(content, header.get(CONTENT_KEY), source.parent, "copy the folder again or save the adapter again")
     qbits = header["config"].get("qbits")
     if qbits is None:
         return tensors
@@ -159,12 +159,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     directory = Path(directory)
     source = directory / CONFIG_FILE
     header = _read_header(source)
+    tensors = _read_tensors(directory / WEIGHTS_FILE, header, source)
     want, have = header["base_model"], base_identity(model)
     if (want["class"], want["config_sha256"]) != (have["class"], have["config_sha256"]):
         fail(f"{source}: saved for a {want['class']} with config sha256 {want['config_sha256'][:12]} "
              f"({want.get('name_or_path') or 'no name'}), not this {have['class']} with "
              f"{have['config_sha256'][:12]}: load it onto the base model it was trained on")
-    tensors = _read_tensors(directory / WEIGHTS_FILE, header, source)
     try:
         cfg = adapter_from_dict(header["adapter"], header["config"])
     except (TypeError, ValueError) as exc:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +20,15 @@ from nola.checkpoint import adapter_config_from
 from nola.config import AdapterRequest, NOLAConfig, TrainConfig, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_open, atomic_torch_save
+from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
 
 RESUME_FORMAT = "nola-resume"
 RESUME_FILE = "resume.pt"
 # Flags the data position and schedule depend on: they must match the interrupted run.
 RUN_KEYS = ("train_batch_size", "grad_acc", "random_seed", "seq_len", "obj")
+RESUME_FIX = "restore it from a copy, or start afresh without --resume"
+_SCHEMA = {"step": int, "trainable": dict, "optimizer": dict, "scaler": dict, "rng": list, "run": dict}
+_POSITION = {"epoch": int, "batch": int, "best_ppl": (int, float, type(None))}  # gpt2_ft.py's data position
 
 
 def rng_state(device: torch.device) -> dict:
@@ -60,17 +62,15 @@ def resume_path(where: str | os.PathLike) -> Path:
 
 
 def load_resume(where: str | os.PathLike) -> dict:
-    """Read and check a resume file; one-line errors for a missing, truncated or foreign file."""
+    """Read and check a resume file; one-line errors for a missing, truncated, damaged or foreign file."""
     path = resume_path(where)
-    if not path.is_file():
-        fail(f"--resume {where}: no {RESUME_FILE} there; it is written with every checkpoint "
-             f"(--save_interval) of a gpt2_ft.py run")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        fail(f"--resume {path}: unreadable or truncated ({type(exc).__name__}); resume from an intact work_dir")
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+    state = read_file(path, RESUME_FIX, missing=f"no {RESUME_FILE} at --resume {where}; it is written with every "
+                      f"checkpoint (--save_interval) of a gpt2_ft.py run")
+    if state.get("format") != RESUME_FORMAT:
         fail(f"--resume {path}: not a resume file written by gpt2_ft.py")
+    check_sealed(state, path, RESUME_FIX)
+    check_schema(state, _SCHEMA, path, RESUME_FIX)
+    check_tensors(state["trainable"], path, "trainable", RESUME_FIX)
     if "adapter_config" in state:  # written before the shared metadata block: same facts, older key
         state["config"] = state.pop("adapter_config")
     return state
@@ -83,7 +83,7 @@ def save_resume(work_dir: str | os.PathLike, meta: dict, position: dict, model: 
     state = {"format": RESUME_FORMAT, **meta, **position,
              "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs, "run": run}
-    return atomic_torch_save(state, Path(work_dir) / RESUME_FILE)
+    return atomic_torch_save(seal(state), Path(work_dir) / RESUME_FILE)
 
 
 def restore_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -96,9 +96,13 @@ def restore_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     with torch.no_grad():
         for name, param in live.items():
             param.copy_(saved[name])
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        fail(f"--resume: the saved optimiser state does not fit this model ({type(exc).__name__}); "
+             f"use the interrupted run's flags, or {RESUME_FIX}")
 
 
 def run_record(cfg: TrainConfig, random_seed: int, world_size: int) -> dict:
@@ -112,6 +116,9 @@ def adopt_resume(state: dict, cfg: TrainConfig, random_seed: int, request: Adapt
 
     Adapter flags that contradict the recorded adapter, and data/schedule flags that would move
     the data position, are errors; adapter settings left out are filled from the record."""
+    source = resume_path(cfg.resume)
+    check_schema(state, _POSITION, source, RESUME_FIX)
+    check_schema(state["run"], {key: object for key in (*RUN_KEYS, "world_size")}, f"{source} ('run')", RESUME_FIX)
     now = run_record(cfg, random_seed, state["run"]["world_size"])
     for key in RUN_KEYS:
         if now[key] != state["run"][key]:
@@ -129,6 +136,9 @@ def adopt_resume(state: dict, cfg: TrainConfig, random_seed: int, request: Adapt
 
 
 def check_resume_world(state: dict, world_size: int) -> None:
+    if len(state["rng"]) != state["run"]["world_size"]:
+        fail(f"--resume: {RESUME_FILE} holds {len(state['rng'])} RNG states for {state['run']['world_size']} "
+             f"processes; {RESUME_FIX}")
     if world_size != state["run"]["world_size"]:
         fail(f"--resume: the interrupted run used {state['run']['world_size']} processes, this one "
              f"{world_size}; launch the same number so the data shards line up")

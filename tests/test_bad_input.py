@@ -24,8 +24,7 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import MIRROR, REPO
-
+REPO = Path(__file__).resolve().parents[1]
 LATIN1 = "caf\xe9".encode("latin-1")  # é in Latin-1: not UTF-8
 UNWRITABLE = "/sys/nola_bad_input"  # sysfs: no file can be created there, not even by root
 
@@ -35,7 +34,11 @@ class Inputs:
     """Valid shared inputs (read-only for the cases), built once per module."""
 
     root: Path
-    vocab: Path
+    mirror: Path
+
+    @property
+    def vocab(self) -> Path:
+        return self.mirror / "vocab"
 
     @property
     def card(self) -> str:
@@ -52,10 +55,6 @@ class Inputs:
     @property
     def samples(self) -> str:
         return str(self.root / "samples.jsonl")
-
-    @property
-    def a_file(self) -> str:
-        return str(self.root / "card.json")
 
 
 Argv = Callable[[Inputs, Path], list[str]]
@@ -371,19 +370,19 @@ def _run(case: Case, inputs: Inputs, folder: Path) -> Outcome:
     folder.mkdir()
     argv = case.argv(inputs, folder)
     before = _files(folder)
-    env = {**os.environ, "NOLA_DATA_MIRROR": str(MIRROR), "OMP_NUM_THREADS": "1", **dict(case.env)}
+    env = {**os.environ, "NOLA_DATA_MIRROR": str(inputs.mirror), "OMP_NUM_THREADS": "1", **dict(case.env)}
     proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     return Outcome(argv, folder, proc.returncode, proc.stderr, sorted(_files(folder) - before))
 
 
-def _make_inputs(root: Path) -> Inputs:
+def _make_inputs(root: Path, mirror: Path) -> Inputs:
     (root / "card.json").write_text(json.dumps({"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256,
                                                 "vocab_size": 50257}))
     (root / "data.jsonl").write_text('{"context": [3672, 58, 32, 60, 50256], "completion": [317, 13, 50256]}\n' * 4)
     (root / "data_formatted.jsonl").write_text('{"context": "name[A]", "completion": "A."}\n'
                                                '{"context": "name[B]", "completion": "B."}\n')
     (root / "samples.jsonl").write_text(ok_sample("[464, 3290]"))
-    return Inputs(root=root, vocab=MIRROR / "vocab")
+    return Inputs(root=root, mirror=mirror)
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +390,7 @@ def outcomes(request, tmp_path_factory, mirror) -> dict[str, Outcome]:
     """Every selected case run once, concurrently (one worker per core)."""
     selected = {item.callspec.params["case"].id for item in request.session.items
                 if item.originalname == "test_bad_input" and item.module is request.module}
-    inputs = _make_inputs(tmp_path_factory.mktemp("bad_input_inputs"))
+    inputs = _make_inputs(tmp_path_factory.mktemp("bad_input_inputs"), mirror)
     cases_root = tmp_path_factory.mktemp("bad_input_cases")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {case.id: pool.submit(_run, case, inputs, cases_root / case.id)
@@ -403,7 +402,7 @@ def test_every_command_line_is_covered(tmp_path, mirror) -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids)), "case ids must be unique"
     assert len(ids) >= 60
-    inputs = _make_inputs(tmp_path)
+    inputs = _make_inputs(tmp_path, mirror)
     scripts = set()
     for case in CASES:
         (tmp_path / case.id).mkdir()
@@ -416,7 +415,7 @@ def test_every_command_line_is_covered(tmp_path, mirror) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input(case: Case, outcomes: dict[str, Outcome]) -> None:
     out = outcomes[case.id]
-    assert out.returncode == 2, f"exit {out.returncode}; stderr:\n{out.stderr}"
+    assert out.returncode == 2, f"exit {out.returncode} from {out.argv}; stderr:\n{out.stderr}"
     assert "Traceback" not in out.stderr, out.stderr
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, f"expected one error line; stderr:\n{out.stderr}"

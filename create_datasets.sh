@@ -5,7 +5,8 @@
 #   ROOT (default: this folder) holds vocab/ and data/. Missing raw files and ./vocab come from
 #   $NOLA_DATA_MIRROR when it is set (the network is then never used), otherwise from the URLs in
 #   src/nola/sources.json. A split that cannot be had is skipped with a one-line warning; a
-#   malformed raw file stops the script with its file and line number.
+#   malformed raw file stops the script with its file and line number. Bad input (a helper's
+#   exit status 2) stops it with that status and the helper's one `error:` line.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,10 +14,15 @@ root="${1:-$here}"
 PY="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$root" && cd "$root" || exit 1
+[ $# -le 1 ] || { echo "error: create_datasets.sh takes at most one argument (ROOT), got $#" >&2; exit 2; }
 
-echo "vocabulary..."
-"$PY" -m nola.download vocab --root . || { echo "error: no GPT-2 vocabulary in ./vocab, nothing can be encoded" >&2; exit 1; }
+echo "vocabulary..."  # first: it checks ROOT and the mirror before anything is created
+"$PY" -m nola.download vocab --root "$root" || {
+  status=$?
+  [ "$status" -eq 2 ] || echo "error: no GPT-2 vocabulary in $root/vocab, nothing can be encoded" >&2
+  exit "$status"
+}
+cd "$root" || { echo "error: ROOT $root cannot be entered: pass a folder you may enter" >&2; exit 2; }
 
 built=()
 skipped=()
@@ -25,11 +31,15 @@ skipped=()
 build_split() {
   local set=$1 split=$2 conv=$3 raw dir summary
   echo "$set $split..."
-  raw=$("$PY" -m nola.download data "$set" "$split" --root .) || { skipped+=("$set/$split"); return 0; }
+  raw=$("$PY" -m nola.download data "$set" "$split" --root .) || {
+    status=$?
+    [ "$status" -eq 2 ] && exit 2
+    skipped+=("$set/$split"); return 0
+  }
   dir=$(dirname "$raw")
-  "$PY" "$here/src/format_converting_$conv.py" "$raw" "$dir/${split}_formatted.jsonl" || exit 2
+  "$PY" "$here/src/format_converting_$conv.py" "$raw" "$dir/${split}_formatted.jsonl" || exit $?
   summary=$("$PY" "$here/src/gpt2_encode.py" --vocab vocab --input "$dir/${split}_formatted.jsonl" \
-    --output "$dir/$split.jsonl" --add_bos --add_eos) || exit 2
+    --output "$dir/$split.jsonl" --add_bos --add_eos) || exit $?
   echo "$summary"
   built+=("$summary")
 }

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not metrics:
         fail(f"-m {args.metrics}: offline metrics are {','.join(webnlg.METRICS)} "
              f"(chrF++, BERTScore and BLEURT need the official repository: eval/download_evalscript.sh)")
+    if args.num_refs < 1:
+        fail(f"-nr {args.num_refs}: must be >= 1 (the number of reference files PREFIX0 .. PREFIX{{N-1}})")
     if args.language != "en":
         fail(f"-lng {args.language}: only English is supported offline (Russian needs the official repository)")
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from nola.build import build_model
-from nola.checkpoint import metadata
+from nola.card import card_config
 from nola.cli import add_model_flags, model_flags
 from nola.errors import fail, run_cli
-from nola.export import export_hf
+from nola.fileio import check_writable
 from nola.log import get_logger
 
 log = get_logger("export_hf")
@@ -27,6 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     source, request = model_flags(args)
     if not source.init_checkpoint:
         fail("--init_checkpoint is required: the adapter, full or base checkpoint to export")
+    card_config(source.model_card)
+    check_writable(args.out, "--out", folder=True)
+    import torch  # only once every flag has passed its check
+
+    from nola.build import build_model
+    from nola.checkpoint import metadata
+    from nola.export import export_hf
+
     built = build_model(source, torch.device("cpu"), request, hash_base=False)
     model = built.model.eval()
     kind = model.adapter and type(model.adapter).__name__.removesuffix("Config")

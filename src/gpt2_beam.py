@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from nola.beam import predict_dataset, write_predictions
-from nola.build import build_model
+from nola.card import card_config, check_limits
 from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
 from nola.config import BeamSettings, DecodeConfig
-from nola.dataset import FTDataset
-from nola.distributed import barrier, cleanup, init_distributed
 from nola.errors import run_cli
+from nola.fileio import check_writable
 from nola.log import get_logger
 
 log = get_logger("gpt2_beam")
@@ -31,14 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     source, request = model_flags(args)
-    run, settings = config_from(DecodeConfig, args), config_from(BeamSettings, args)
-    ctx = init_distributed(launch_config(args))
+    launch, run, settings = launch_config(args), config_from(DecodeConfig, args), config_from(BeamSettings, args)
+    card = card_config(source.model_card)
+    check_limits(card, run.seq_len, settings)
+    check_writable(run.output_path, "--output_file")
+    # torch comes in only once every flag has passed its check
+    from nola.beam import predict_dataset, write_predictions
+    from nola.build import build_model
+    from nola.dataset import FTDataset
+    from nola.distributed import barrier, cleanup, init_distributed
+
+    dataset = FTDataset(run.data, run.seq_len, settings.eval_len, vocab_size=card.vocab_size)
+    ctx = init_distributed(launch)
     try:
         model = build_model(source, ctx.device, request, hash_base=False).model.eval()
         if model.adapter is not None:
             model.merge_adapters()
             log.info("adapter merged into the base weights: decoding costs exactly the base model")
-        dataset = FTDataset(run.data, run.seq_len, settings.eval_len, vocab_size=model.config.vocab_size)
         predictions = predict_dataset(model, dataset, settings, run.batch_size, ctx)
         if predictions is not None:
             write_predictions(run.output_path, predictions)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
+from nola.card import card_config, check_limits
 from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
 from nola.config import OptimConfig, TrainConfig
 from nola.errors import run_cli
-from nola.train import train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     source, request = model_flags(args)
-    train(launch_config(args), source, request, config_from(TrainConfig, args), config_from(OptimConfig, args))
+    launch, cfg, optim = launch_config(args), config_from(TrainConfig, args), config_from(OptimConfig, args)
+    check_limits(card_config(source.model_card), cfg.seq_len)
+    from nola.train import train  # torch comes in only once every flag has passed its check
+
+    train(launch, source, request, cfg, optim)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from nola.causal_lm import load_causal_lm, save_merged
 from nola.cli import add_flags, config_from
 from nola.config import LlamaSource, MergeConfig
 from nola.errors import fail, run_cli
+from nola.fileio import check_writable
 from nola.hf_adapter import load_adapter
 
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     source, cfg = config_from(LlamaSource, args), config_from(MergeConfig, args)
     if source.bits in (4, 8):
         fail(f"--bits {source.bits}: an adapter cannot be merged into a quantised base; use --bits 16 or 32")
+    check_writable(cfg.output_dir, "--output_dir", folder=True)
     model, tokenizer = load_causal_lm(source, torch.device("cpu"))
     load_adapter(model, cfg.adapter)
     save_merged(model, tokenizer, cfg.output_dir)

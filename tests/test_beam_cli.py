@@ -136,7 +136,7 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
     assert decode(root / "model.100.pt", "batch7.jsonl", "--batch_size", "7", *NOLA) == expected
     with pytest.raises(UsageError, match="--nola_rank 8 contradicts the checkpoint"):
         decode(root / "model.100.pt", "x.jsonl", "--nola_rank", "8")
-    with pytest.raises(UsageError, match="exceeds the model's 256 positions"):
+    with pytest.raises(UsageError, match="--seq_len 400: the model card .* has n_positions=256"):
         decode(root / "model.100.pt", "x.jsonl", "--seq_len", "400", "--eval_len", "250")
 
     # microsoft/LoRA's own full state dict (no metadata, DDP prefix, untied head copy) with --lora_* flags

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nola.errors import fail
+from nola.textio import read_text
 
 IGNORE_INDEX = -100
 ALPACA_FILE = "data/alpaca/alpaca_data.json"  # what scripts/llama/download_data.sh writes
@@ -51,7 +52,7 @@ def dataset_path(dataset: str) -> Path:
 
 def read_records(path: str | os.PathLike) -> list[dict]:
     """The records of an Alpaca-format JSON list (or JSON lines); one-line errors for bad files."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path, "--dataset")
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
             json.loads(line) for line in text.splitlines() if line.strip()]

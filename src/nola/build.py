@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from nola.card import card_config
 from nola.checkpoint import (adapter_config_from, adapter_tensors, check_metadata, is_adapter,
                              load_adapter_tensors, load_base_weights, read_checkpoint, split_state)
 from nola.errors import fail
@@ -30,10 +31,7 @@ class BuiltModel:
 
 
 def model_config(card: str) -> GPT2Config:
-    try:
-        return GPT2Config.from_card(card)
-    except ValueError as exc:
-        fail(str(exc))
+    return card_config(card)
 
 
 def resolve_adapter(request: AdapterRequest, mode: str, recorded: AdapterConfig | None = None) -> AdapterConfig | None:

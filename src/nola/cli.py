@@ -10,14 +10,16 @@ import argparse
 import types
 import typing
 from dataclasses import MISSING, fields
-from typing import Sequence, TypeVar
+from typing import TYPE_CHECKING, Sequence, TypeVar
 
-import torch
-
-from nola.build import BuiltModel, build_model
 from nola.config import (DEFAULT_QBITS, AdapterRequest, LaunchConfig, LoRAConfig, ModelSource, NOLAConfig,
-                         flag_of)
+                         flag_of, validate_values)
 from nola.errors import fail
+
+if TYPE_CHECKING:  # torch is imported only once the flags are checked (fast one-line errors)
+    import torch
+
+    from nola.build import BuiltModel
 
 T = TypeVar("T")
 
@@ -100,7 +102,13 @@ def adapter_request(args: argparse.Namespace) -> AdapterRequest:
         nola.setdefault("qbits", DEFAULT_QBITS)
     elif "qbits" in nola:
         fail("--qbits needs --qnola (quantised NOLA); add --qnola or drop --qbits")
-    return AdapterRequest(nola=nola, lora=given(LoRAConfig, args))
+    lora = given(LoRAConfig, args)
+    try:
+        validate_values(NOLAConfig, nola)
+        validate_values(LoRAConfig, lora)
+    except ValueError as exc:
+        fail(str(exc))
+    return AdapterRequest(nola=nola, lora=lora)
 
 
 def model_flags(args: argparse.Namespace) -> tuple[ModelSource, AdapterRequest]:
@@ -115,8 +123,10 @@ def launch_config(args: argparse.Namespace) -> LaunchConfig:
     return config_from(LaunchConfig, args)
 
 
-def build_from_flags(argv: Sequence[str], device: torch.device, hash_base: bool = True) -> BuiltModel:
+def build_from_flags(argv: Sequence[str], device: "torch.device", hash_base: bool = True) -> "BuiltModel":
     """The model that the model/adapter flags ``argv`` describe (as the scripts build it)."""
+    from nola.build import build_model
+
     parser = argparse.ArgumentParser()
     add_model_flags(parser)
     source, request = model_flags(parser.parse_args(list(argv)))

@@ -51,25 +51,43 @@ def in_range(low: float, high: float, *, high_open: bool = False) -> Check:
     return check
 
 
-def finite(v) -> str | None:
-    return None if v is None or _finite(v) else "must be a finite number"
-
-
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def nonzero(v) -> str | None:
+    return None if v is None or (_finite(v) and v != 0) else "must be a finite non-zero number"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if v is None or (_finite(v) and v > low) else f"must be a number > {low}"
+
+
+def _check_field(f, value) -> None:
+    """Every float must be finite (whatever the field's own check); then choices, then the check."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"--{flag_of(f)} {value}: must be a finite number")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"--{flag_of(f)} {value!r}: must be one of {', '.join(map(str, choices))}")
+    check = f.metadata.get("check")
+    problem = check(value) if check else None
+    if problem:
+        raise ValueError(f"--{flag_of(f)} {value}: {problem}")
 
 
 def validate(cfg: object) -> None:
     """Run every field's check and choices; raise ``ValueError`` naming the flag and the value."""
     for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ValueError(f"--{flag_of(f)} {value!r}: must be one of {', '.join(map(str, choices))}")
-        check = f.metadata.get("check")
-        problem = check(value) if check else None
-        if problem:
-            raise ValueError(f"--{flag_of(f)} {value}: {problem}")
+        _check_field(f, getattr(cfg, f.name))
+
+
+def validate_values(cls: type, values: dict) -> None:
+    """:func:`validate` for the given fields of ``cls`` only (settings a user typed, before a
+    checkpoint's record fills in the rest)."""
+    for f in fields(cls):
+        if f.name in values:
+            _check_field(f, values[f.name])
 
 
 def identity_fields(cls: type) -> tuple[str, ...]:
@@ -89,10 +107,11 @@ class NOLAConfig:
                        "--nola_mlp or --qnola is given", flag="nola_rank", identity=True, check=at_least(1))
     num_basis: int = option(1000, "k = l, random basis matrices per factor", flag="nola_num_basis",
                             identity=True, check=at_least(1))
-    c: float = option(1.0, "scale numerator: s = c / r", flag="nola_c", identity=True, check=finite)
+    c: float = option(1.0, "scale numerator: s = c / r", flag="nola_c", identity=True, check=nonzero)
     qv: bool = option(False, "adapt the query and value projections (GPT-2)", flag="nola_qv", identity=True)
     mlp: bool = option(False, "adapt the two MLP projections (GPT-2)", flag="nola_mlp", identity=True)
-    seed: int = option(0, "seed all bases derive from", flag="nola_seed", identity=True, check=at_least(0))
+    seed: int = option(0, "seed all bases derive from", flag="nola_seed", identity=True,
+                      check=in_range(0, 1 << 64, high_open=True))
     seed_per_layer: bool = option(False, "a basis per layer instead of one per role shared by all layers",
                                   flag="nola_seed_per_layer", identity=True)
     qbits: int | None = option(None, "bits per coefficient with --qnola (2..8; 3 when --qnola comes alone)", flag="qbits",
@@ -122,7 +141,7 @@ class LoRAConfig:
     dim: int = option(4, "LoRA rank on q and v; LoRA is on when this is given above 0",
                      flag="lora_dim", identity=True, check=at_least(1))
     alpha: float = option(128.0, "LoRA scaling numerator (scale = alpha / dim)", flag="lora_alpha",
-                          identity=True, check=finite)
+                          identity=True, check=nonzero)
     dropout: float = option(0.0, "dropout on LoRA's input", flag="lora_dropout",
                             check=in_range(0.0, 1.0, high_open=True))
 
@@ -165,10 +184,11 @@ class LaunchConfig:
     platform: str = option("local", "local: env:// rendezvous from the launcher (NCCL on CUDA, Gloo on CPU)",
                            choices=("local", "k8s"))
     local_rank: int | None = option(None, "set by torch.distributed.launch; torchrun uses LOCAL_RANK instead",
-                                    aliases=("local-rank",))
+                                    aliases=("local-rank",), check=at_least(0))
     device: str = option("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
     threads: int | None = option(None, "CPU threads per process (default: cores / local ranks)", check=at_least(1))
-    random_seed: int = option(10, "seed for data order, dropout and init", check=at_least(0))
+    random_seed: int = option(10, "seed for data order, dropout and init",
+                              check=in_range(0, 1 << 63, high_open=True))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -250,7 +270,7 @@ class OptimConfig:
     weight_decay: float = option(0.01, "decoupled weight decay", check=at_least(0))
     correct_bias: bool = option(False, "Adam bias correction (off unless given)")
     adam_epsilon: float = option(1e-6, "Adam epsilon (both spellings)", flag="adam_epislon",
-                                aliases=("adam_epsilon",), check=at_least(0))
+                                aliases=("adam_epsilon",), check=above(0))
     no_decay_bias: bool = option(False, "no weight decay on biases and LayerNorm weights")
     adam_beta1: float = option(0.9, "Adam beta1", check=in_range(0, 1, high_open=True))
     adam_beta2: float = option(0.98, "Adam beta2", check=in_range(0, 1, high_open=True))
@@ -275,10 +295,10 @@ class BeamSettings:
 
     beam: int = option(1, "beam size (1: greedy)", check=at_least(1))
     eval_len: int = option(256, "maximum number of generated tokens", check=at_least(1))
-    length_penalty: float = option(1.0, "finished score = sum_logprob / n_generated ** length_penalty", check=finite)
+    length_penalty: float = option(1.0, "finished score = sum_logprob / n_generated ** length_penalty")
     no_repeat_ngram_size: int = option(4, "ban any n-gram of this size already generated (0: off)", check=at_least(0))
     repetition_penalty: float = option(1.0, "CTRL penalty on the logits of tokens already generated (1.0: off)",
-                                       check=lambda v: None if _finite(v) and v > 0 else "must be > 0")
+                                       check=above(0))
     min_length: int = option(0, "EOS is banned before this many tokens", check=at_least(0))
     eos_ids: tuple[int, ...] = option((EOS_ID,), "an end-of-sequence token; each use adds one to the default "
                                       "50256", flag="eos_token_id", check=lambda v: None if all(
@@ -373,13 +393,14 @@ class AlpacaTrainConfig:
     warmup_steps: int = option(0, "linear warm-up updates", check=at_least(0))
     adam_beta1: float = option(0.9, "Adam beta1", check=in_range(0, 1, high_open=True))
     adam_beta2: float = option(0.999, "Adam beta2", check=in_range(0, 1, high_open=True))
-    adam_epsilon: float = option(1e-8, "Adam epsilon", check=at_least(0))
+    adam_epsilon: float = option(1e-8, "Adam epsilon", check=above(0))
     weight_decay: float = option(0.0, "decoupled weight decay", check=at_least(0))
     max_grad_norm: float = option(0.3, "gradient clipping norm (0: none)", check=at_least(0))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (saves memory)")
     logging_steps: int = option(10, "updates per log line", check=at_least(1))
     save_steps: int = option(250, "updates per adapter + resume.pt save (also at the end)", check=at_least(1))
-    train_seed: int = option(0, "seed of the data order and everything random", flag="seed", check=at_least(0))
+    train_seed: int = option(0, "seed of the data order and everything random", flag="seed",
+                             check=in_range(0, 1 << 63, high_open=True))
     resume: str | None = option(None, "continue the interrupted run saved in this folder (its resume.pt)")
     stop_at_step: int | None = option(None, "end this session after this update with a save; continue later "
                                       "with --resume", check=at_least(1))

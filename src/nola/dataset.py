@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from nola.config import TrainConfig
 from nola.errors import fail
+from nola.textio import text_lines
 
 FIX_HINT = "re-encode it with `bash create_datasets.sh` (or src/gpt2_encode.py --vocab ./vocab)"
 
@@ -41,24 +42,21 @@ def _check_ids(ids: object, key: str, where: str, vocab_size: int) -> list[int]:
 def read_encoded(path: str | os.PathLike, vocab_size: int = 50257) -> tuple[list[list[int]], list[list[int]]]:
     """Contexts and completions of an encoded jsonl file, checked line by line."""
     contexts, completions = [], []
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        fail(f"cannot read {path} ({exc.strerror}): make it with `bash create_datasets.sh`")
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            where = f"{path}:{lineno}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                fail(f"{where}: not valid JSON ({exc.msg})")
-            if not isinstance(item, dict) or "context" not in item or "completion" not in item:
-                fail(f"{where}: expected an object with 'context' and 'completion'; {FIX_HINT}")
-            contexts.append(_check_ids(item["context"], "context", where, vocab_size))
-            completion = _check_ids(item["completion"], "completion", where, vocab_size)
-            if not completion:
-                fail(f"{where}: empty completion")
-            completions.append(completion)
+    if not os.path.exists(path):
+        fail(f"encoded jsonl {path} does not exist: make it with `bash create_datasets.sh`")
+    for lineno, line in enumerate(text_lines(path, "encoded jsonl"), 1):
+        where = f"{path}:{lineno}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            fail(f"{where}: not valid JSON ({exc.msg})")
+        if not isinstance(item, dict) or "context" not in item or "completion" not in item:
+            fail(f"{where}: expected an object with 'context' and 'completion'; {FIX_HINT}")
+        contexts.append(_check_ids(item["context"], "context", where, vocab_size))
+        completion = _check_ids(item["completion"], "completion", where, vocab_size)
+        if not completion:
+            fail(f"{where}: empty completion")
+        completions.append(completion)
     if not contexts:
         fail(f"{path} holds no examples: {FIX_HINT}")
     return contexts, completions
@@ -76,6 +74,11 @@ class FTDataset(Dataset):
         self.seq_len = seq_len
         self.eval_len = eval_len
         self.contexts, self.completions = read_encoded(path, vocab_size)
+        if eval_len:  # decoding: a beam starts from the context's last token
+            empty = next((i for i, c in enumerate(self.contexts) if not c), None)
+            if empty is not None:
+                fail(f"{path}:{empty + 1}: empty context; decoding continues a context, so every line needs "
+                     f"at least one context token; {FIX_HINT}")
         self.num_unique_contexts = len({tuple(c) for c in self.contexts})
 
     def __len__(self) -> int:

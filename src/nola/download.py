@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nola.errors import fail, run_cli
-from nola.fileio import sha256_file
+from nola.fileio import check_writable, sha256_file
 from nola.log import get_logger
 
 SOURCES_FILE = Path(__file__).with_name("sources.json")
@@ -247,6 +247,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Fetch what the command names; exit 1 when some file could not be obtained."""
     args = _parse_args(argv)
+    check_writable(args.root, "--root", folder=True)
     registry = load_sources(args.sources)
     mirror = mirror_root()
     if args.what == "data":

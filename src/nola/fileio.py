@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from nola.errors import fail
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -52,3 +54,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> None:
+    """Fail now, before any work, unless ``path`` (a file, or with ``folder`` a folder) can be
+    written: it must not be a folder (a file), and its nearest existing ancestor must be a folder
+    in which a file can be created (missing folders below it are created when writing). The probe
+    file is removed at once, so nothing is left behind."""
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        fail(f"{flag} {path} is a file, not a folder: pass a folder (it is created if missing)")
+    if not folder and target.is_dir():
+        fail(f"{flag} {path} is a folder: pass a file name (e.g. {target / 'out'})")
+    probe = target if folder else target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        fail(f"{flag} {path}: {probe} is a file, so no folder can be made under it; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".nola-write-check.", dir=probe)
+    except OSError as exc:
+        fail(f"{flag} {path}: cannot write in {probe} ({exc.strerror}); choose a writable location")
+    os.close(fd)
+    os.unlink(tmp)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from nola.errors import fail
-from nola.fileio import atomic_open
+from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
+from nola.textio import read_json, text_lines
 
 Record = dict
 _log = get_logger("formats")
@@ -36,28 +37,19 @@ def linearise_triples(triples: Iterable[tuple[str, str, str]]) -> str:
 def read_e2e(path: str | os.PathLike) -> list[Record]:
     """E2E ``MR||reference`` lines (blank lines are skipped) -> records, in file order."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            text = line.strip()
-            if not text:
-                continue
-            context, sep, completion = text.partition("||")
-            if not sep:
-                fail(f"{path}:{lineno}: no '||' between the meaning representation and the reference")
-            if not context.strip():
-                fail(f"{path}:{lineno}: empty meaning representation before '||'")
-            if not completion.strip():
-                fail(f"{path}:{lineno}: empty reference after '||'")
-            records.append({"context": context, "completion": completion})
+    for lineno, line in enumerate(text_lines(path, "raw E2E file"), 1):
+        text = line.strip()
+        if not text:
+            continue
+        context, sep, completion = text.partition("||")
+        if not sep:
+            fail(f"{path}:{lineno}: no '||' between the meaning representation and the reference")
+        if not context.strip():
+            fail(f"{path}:{lineno}: empty meaning representation before '||'")
+        if not completion.strip():
+            fail(f"{path}:{lineno}: empty reference after '||'")
+        records.append({"context": context, "completion": completion})
     return records
-
-
-def _load_json(path: str | os.PathLike) -> object:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        fail(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})")
 
 
 def _field(obj: object, key: str, where: str) -> object:
@@ -68,7 +60,7 @@ def _field(obj: object, key: str, where: str) -> object:
 
 def read_webnlg(path: str | os.PathLike) -> list[Record]:
     """WebNLG 2017 json (``{"entries": [{"<n>": {...}}, ...]}``) -> one record per 'good' lexicalisation."""
-    entries = _field(_load_json(path), "entries", str(path))
+    entries = _field(read_json(path, "raw WebNLG file"), "entries", str(path))
     records, empty = [], 0
     for index, wrapper in enumerate(entries, 1):
         where = f"{path}: entry {index}"
@@ -97,7 +89,7 @@ def read_webnlg(path: str | os.PathLike) -> list[Record]:
 
 def read_dart(path: str | os.PathLike) -> list[Record]:
     """DART json (a list of ``{"tripleset": [[s, p, o], ...], "annotations": [{"text": ...}]}``) -> records."""
-    examples = _load_json(path)
+    examples = read_json(path, "raw DART file")
     if not isinstance(examples, list):
         fail(f"{path}: expected a JSON list of examples")
     records, empty = [], 0
@@ -137,19 +129,18 @@ def write_formatted(records: list[Record], path: str | os.PathLike) -> None:
 def read_formatted(path: str | os.PathLike) -> list[Record]:
     """Read a formatted jsonl file, stopping at the first malformed line with its number."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                fail(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-            where = f"{path}:{lineno}"
-            for key in ("context", "completion"):
-                if not isinstance(_field(record, key, where), str):
-                    fail(f"{where}: {key!r} must be a string")
-            if not record["completion"].strip():
-                fail(f"{where}: empty completion")
-            records.append(record)
+    for lineno, line in enumerate(text_lines(path, "formatted jsonl"), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            fail(f"{path}:{lineno}: not valid JSON ({exc.msg})")
+        where = f"{path}:{lineno}"
+        for key in ("context", "completion"):
+            if not isinstance(_field(record, key, where), str):
+                fail(f"{where}: {key!r} must be a string")
+        if not record["completion"].strip():
+            fail(f"{where}: empty completion")
+        records.append(record)
     return records
 
 
@@ -157,6 +148,7 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> tuple[
     """Raw file ``src`` of data set ``kind`` -> formatted jsonl ``dst``; return (records, unique contexts)."""
     if not Path(src).is_file():
         fail(f"raw file {src} not found: run `bash create_datasets.sh` (or set NOLA_DATA_MIRROR)")
+    check_writable(dst, "output")
     records = READERS[kind](src)
     if not records:
         fail(f"{src}: no examples found")

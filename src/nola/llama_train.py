@@ -32,7 +32,7 @@ from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
 from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, rank_share
 from nola.errors import fail
-from nola.fileio import atomic_open
+from nola.fileio import atomic_open, check_writable
 from nola.hf_adapter import base_identity, save_adapter
 from nola.log import get_logger
 from nola.model import count_trainable
@@ -189,6 +189,7 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         if cfg.resume is None:
             fail("--output_dir is required (the adapter folder to write)")
         cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.resume)))
+    check_writable(cfg.output_dir, "--output_dir", folder=True)
     records = read_records(dataset_path(cfg.dataset))
     ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.train_seed))
     try:

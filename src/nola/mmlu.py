@@ -13,6 +13,7 @@ UCDvision/NOLA's qlora.py reports ``mmlu_test_accuracy``) and over all questions
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +23,9 @@ from torch import nn
 
 from nola.config import LaunchConfig, LlamaSource, MMLUConfig
 from nola.errors import fail
-from nola.fileio import atomic_open
+from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
+from nola.textio import read_text
 
 log = get_logger(__name__)
 
@@ -36,8 +38,7 @@ def read_rows(path: Path) -> list[Row]:
     if not path.is_file():
         fail(f"{path} is missing: MMLU needs dev/<subject>_dev.csv and <split>/<subject>_<split>.csv "
              f"(scripts/llama/download_data.sh)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    rows = list(csv.reader(io.StringIO(read_text(path, "MMLU file"), newline="")))
     for number, row in enumerate(rows, start=1):
         if len(row) != 6 or row[5] not in CHOICES:
             fail(f"{path} line {number}: expected 6 columns (question, A, B, C, D, answer letter A-D), "
@@ -120,6 +121,7 @@ def run_mmlu(launch: LaunchConfig, source: LlamaSource, cfg: MMLUConfig) -> dict
     from nola.hf_adapter import load_adapter
     from nola.adapters import set_merged
 
+    check_writable(cfg.output, "--output")
     check_bits(source, launch.device)
     check_source(source)
     data_dir = Path(cfg.data_dir)

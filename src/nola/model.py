@@ -6,60 +6,18 @@ are also ``transformers``' names, so published and fork checkpoints load unchang
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nola.card import CARDS, GPT2Config  # noqa: F401  (re-exported: the model's hyper-parameters)
 from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
 from nola.distributed import rank_share
 from nola.layers import lora_attention
 
-CARDS = {
-    "gpt2.sm": {"n_embd": 768, "n_layer": 12, "n_head": 12},
-    "gpt2.md": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
-    "gpt2.lg": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
-}
-
 Past = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class GPT2Config:
-    """GPT-2 hyper-parameters, named as in ``transformers``' GPT2Config."""
-
-    vocab_size: int = 50257
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    layer_norm_epsilon: float = 1e-5
-    card: str = "gpt2.sm"
-
-    @classmethod
-    def from_card(cls, card: str) -> "GPT2Config":
-        """``gpt2.sm`` / ``gpt2.md`` / ``gpt2.lg``, or a JSON file with GPT2Config keys."""
-        if card in CARDS:
-            return cls(card=card, **CARDS[card])
-        path = Path(card)
-        if not path.is_file():
-            raise ValueError(f"--model_card {card!r}: not one of {sorted(CARDS)} and no such JSON file")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--model_card {card}: not valid JSON ({exc})") from exc
-        known = {f.name for f in fields(cls)} - {"card"}
-        cfg = cls(card=str(path), **{k: v for k, v in raw.items() if k in known})
-        if cfg.n_embd % cfg.n_head:
-            raise ValueError(f"--model_card {card}: n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
-        return cfg
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class Conv1D(nn.Module):

@@ -122,4 +122,6 @@ def cycle_knots(i_steps: str, i_lrs: str) -> tuple[tuple[int, float], ...]:
         fail(f"--i_steps has {len(steps)} entries but --i_lrs has {len(lrs)}: give one lr per step")
     if any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0:
         fail(f"--i_steps {i_steps}: steps must be non-negative and strictly increasing")
+    if any(not math.isfinite(lr) or lr < 0 for lr in lrs):
+        fail(f"--i_lrs {i_lrs}: every learning rate must be a finite number >= 0")
     return tuple(zip(steps, lrs))

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from nola.config import EOS_ID
 from nola.errors import fail
-from nola.fileio import atomic_open
+from nola.fileio import atomic_open, check_writable
 from nola.formats import read_formatted
+from nola.textio import read_json, read_text
 
 EOS_TOKEN = "<|endoftext|>"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
@@ -36,8 +37,18 @@ def _vocab_paths(vocab_dir: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text(path, "vocabulary file").split("\n")
     return [tuple(line.split()) for line in lines[1:] if line]  # line 0 is the "#version" header
+
+
+def read_encoder(vocab_dir: str | os.PathLike) -> dict[str, int]:
+    """``encoder.json`` of ``vocab_dir``: token -> id (50257 entries for GPT-2, <|endoftext|> included)."""
+    path = _vocab_paths(vocab_dir)[0]
+    vocab = read_json(path, "vocabulary file")
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+        fail(f"vocabulary file {path}: expected a JSON object of token -> integer id; fetch it again with "
+             f"`bash create_datasets.sh`")
+    return vocab
 
 
 def load_tokenizer(vocab_dir: str | os.PathLike):
@@ -46,12 +57,11 @@ def load_tokenizer(vocab_dir: str | os.PathLike):
     Text equal to ``<|endoftext|>`` is encoded as plain text, as the original encoder does; id
     50256 decodes to ``<|endoftext|>``. Decoding keeps spaces exactly (no clean-up).
     """
+    vocab, merges = read_encoder(vocab_dir), _read_merges(_vocab_paths(vocab_dir)[1])
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    encoder_path, merges_path = _vocab_paths(vocab_dir)
-    vocab = json.loads(encoder_path.read_text(encoding="utf-8"))
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=_read_merges(merges_path), fuse_unk=False))
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
@@ -117,6 +127,8 @@ def encode_file(
     """Formatted jsonl ``src`` -> encoded jsonl ``dst``; return counts (examples, unique contexts, tokens)."""
     if not Path(src).is_file():
         fail(f"input {src} not found: make it with `bash create_datasets.sh`")
+    check_writable(dst, "--output")
+    _vocab_paths(vocab_dir)
     records = read_formatted(src)
     encoded = encode_records(load_tokenizer(vocab_dir), records, add_bos, add_eos)
     with atomic_open(dst, "w") as handle:

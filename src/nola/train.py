@@ -41,7 +41,7 @@ from nola.dataset import make_loader, training_datasets, trim_collate
 from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed
 from nola.dropout import pad_dropout_to
 from nola.errors import fail
-from nola.fileio import atomic_open
+from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
 from nola.objective import MaskedLM, masked_nll_sum
 from nola.optim import Schedule, cycle_knots, make_optimizer
@@ -298,6 +298,7 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
     if cfg.work_dir is None:
         work_dir = str(resume_path(cfg.resume).parent) if resume else os.getenv("PT_OUTPUT_DIR", "gpt2_model")
         cfg = dataclasses.replace(cfg, work_dir=work_dir)
+    check_writable(cfg.work_dir, "--work_dir", folder=True)
     ctx = init_distributed(launch)
     try:
         if resume is not None:

@@ -20,6 +20,8 @@ import torch
 from nola.checkpoint import read_checkpoint
 from nola.errors import run_cli
 from src.gpt2_ft import main
+from src.llama_ft import main as llama_main
+from tests.test_llama_ft import NOLA as LLAMA_NOLA, common as llama_common, setup  # noqa: F401
 from tests.test_train_run import NOLA, REPO, SCRIPT, adapter, base, common, data, free_port, max_diff, rows  # noqa: F401
 
 STEPS = 32
@@ -48,15 +50,15 @@ def same_as_whole(work: Path, whole: Path) -> None:
     assert not list(work.glob(".*.tmp"))
 
 
-def fails(argv: list[str], capsys) -> str:
-    """The one ``error:`` line (besides log lines) of a run that must exit 2."""
+def fails(argv: list[str], capsys, script=main, status: int = 2) -> str:
+    """The one ``error:`` line (besides log lines) of a run that must exit with ``status``."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main(argv))
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if not re.match(r"\d\d:\d\d:\d\d \| ", line)]
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+        run_cli(lambda: script(argv))
+    assert exit_info.value.code == status
+    text = capsys.readouterr().err
+    assert len(error_lines(text)) == 1 and "Traceback" not in text, text[-3000:]
+    return error_lines(text)[0]
 
 
 def child(argv: list[str], **kwargs) -> subprocess.Popen:
@@ -222,14 +224,11 @@ def test_a_non_finite_loss_stops_the_run_without_a_checkpoint_of_it(tiny_gpt2, b
     work = tmp_path / "run"
     argv = run_args(tiny_gpt2, base, data) + ["--lr", lr, "--save_interval", str(save_interval),
                                               "--log_interval", str(log_interval), "--work_dir", str(work)]
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main(argv))
-    assert exit_info.value.code == 1
+    line = fails(argv, capsys, status=1)
     last = (f"the last complete checkpoint is step {saved[-1]} in {work} (lower --lr or check the data, then "
             f"--resume {work})" if saved else
             "no checkpoint was saved yet (lower --lr or check the data, then start again with --overwrite)")
-    assert error_lines(capsys.readouterr().err) == [
-        f"error: {what} is not finite (NaN or inf) at step {step}; stopped without saving it: {last}"]
+    assert line == f"error: {what} is not finite (NaN or inf) at step {step}; stopped without saving it: {last}"
     assert sorted(work.glob("model.*.pt")) == [work / f"model.{s}.pt" for s in saved]
     assert all(torch.isfinite(t).all() for s in saved for t in adapter(work / f"model.{s}.pt").values())
     assert all(r["step"] < step for r in map(json.loads, (work / "log.jsonl").read_text().splitlines()))
@@ -298,3 +297,21 @@ def test_a_stuck_rank_stops_the_job_within_the_timeout(tiny_gpt2, base, data, tm
                      rf"{re.escape(str(work))})$", text, re.M), text[-3000:]
     assert re.search(r"^(error: rank 1, step \d+: lost contact|.*rank 1: interrupted at step \d+; continue)", text,
                      re.M), text[-3000:]
+
+
+def test_llama_ft_refuses_a_reused_output_dir_overwrites_it_and_stops_on_a_non_finite_loss(setup, tmp_path, capsys):
+    """The same rules through llama_ft.py's loop; --lr 1e20 makes update 2's loss NaN."""
+    out = tmp_path / "adapter"
+    argv = llama_common(setup, out) + LLAMA_NOLA + ["--per_device_train_batch_size", "4",
+                                                    "--gradient_accumulation_steps", "1", "--max_steps", "3",
+                                                    "--lr", "0.05", "--save_steps", "1"]
+    llama_main(argv)
+    assert fails(argv, capsys, llama_main) == (
+        f"error: --output_dir {out} holds an earlier run (adapter_config.json, adapter_model.safetensors, log.jsonl, "
+        f"resume.pt): continue it with --resume {out}, or start again with --overwrite (deletes those files), or "
+        f"choose another --output_dir")
+    line = fails(argv + ["--overwrite", "--lr", "1e20"], capsys, llama_main, status=1)
+    assert line == (f"error: the training loss is not finite (NaN or inf) at step 2; stopped without saving it: the "
+                    f"last complete checkpoint is step 1 in {out} (lower --lr or check the data, then --resume {out})")
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 1
+    assert [json.loads(row)["step"] for row in (out / "log.jsonl").read_text().splitlines()] == [1]

@@ -22,7 +22,8 @@ from nola.errors import run_cli
 from src.gpt2_ft import main
 from src.llama_ft import main as llama_main
 from tests.test_llama_ft import NOLA as LLAMA_NOLA, common as llama_common, setup  # noqa: F401
-from tests.test_train_run import NOLA, REPO, SCRIPT, adapter, base, common, data, free_port, max_diff, rows  # noqa: F401
+from tests.test_train_run import (NOLA, REPO, SCRIPT, adapter, base, common, data, free_port,  # noqa: F401
+                                  max_diff, rows)
 
 STEPS = 32
 
@@ -115,8 +116,8 @@ def test_sigterm_mid_run_is_a_clean_stop_the_lock_refuses_a_second_run_and_resum
     os.kill(proc.pid, signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert re.search(rf"interrupted at step \d+; continue from the last checkpoint with --resume {re.escape(str(work))}$",
-                     stderr.strip()), stderr[-2000:]
+    hint = rf"interrupted at step \d+; continue from the last checkpoint with --resume {re.escape(str(work))}$"
+    assert re.search(hint, stderr.strip()), stderr[-2000:]
     assert not list(work.glob(".*.tmp")) and not error_lines(stderr)
     main(run_args(tiny_gpt2, base, data) + ["--resume", str(work)])
     same_as_whole(work, whole)
@@ -217,8 +218,8 @@ def test_torn_log_rows_and_stale_temp_files(tiny_gpt2, base, data, whole, tmp_pa
     ("1e20", 100, 3, "the training loss", 2, []),  # no log line: found before the step-3 save
     ("1e30", 100, 1, "a trained parameter", 1, []),  # the first update overflows: found before its save
 ])
-def test_a_non_finite_loss_stops_the_run_without_a_checkpoint_of_it(tiny_gpt2, base, data, tmp_path, capsys,
-                                                                     lr, log_interval, save_interval, what, step, saved):
+def test_a_non_finite_loss_stops_the_run_without_a_checkpoint_of_it(tiny_gpt2, base, data, tmp_path, capsys, lr,
+                                                                     log_interval, save_interval, what, step, saved):
     """--lr 1e20 blows the coefficients up in the first update (to ~1e20, still finite), so the
     adapted projections overflow and step 2's loss is NaN; --lr 1e30 overflows the coefficients."""
     work = tmp_path / "run"

@@ -15,6 +15,9 @@ from typing import Callable, NoReturn
 
 import torch.distributed as dist
 
+from nola.log import get_logger
+
+log = get_logger(__name__)
 FAULT_STATUS = 1
 NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # EFBIG: a file-size limit (RLIMIT_FSIZE)
 
@@ -44,8 +47,13 @@ def sigterm_as_interrupt() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def interrupt_status(exc: KeyboardInterrupt) -> int:
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+def stop_on_interrupt(exc: KeyboardInterrupt, *, rank: int, world_size: int, step: int | None,
+                      folder: str) -> NoReturn:
+    """Ctrl-C or SIGTERM: the resume hint (naming the rank under several processes), status 130 / 143."""
+    where = f"rank {rank}: " if world_size > 1 else ""
+    at = f" at step {step}" if step is not None else ""
+    log.warning("%sinterrupted%s; continue from the last checkpoint with --resume %s", where, at, folder)
+    raise SystemExit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)) from None
 
 
 def no_space(exc: BaseException) -> OSError | None:

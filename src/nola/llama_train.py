@@ -32,7 +32,7 @@ from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
 from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed, main_decides
 from nola.errors import fail
-from nola.faults import NonFinite, interrupt_status, sigterm_as_interrupt, stop_on_fault
+from nola.faults import NonFinite, sigterm_as_interrupt, stop_on_fault, stop_on_interrupt
 from nola.fileio import atomic_open
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
 from nola.log import get_logger
@@ -219,10 +219,8 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         data = AlpacaDataset(records, tokenizer, cfg.source_max_len, cfg.target_max_len)
         trainer = AlpacaTrainer(cfg, source, ctx, model, data, pad_token_id(tokenizer), run, resume)
         out = trainer.out
-        in_place = resume is not None and resume_path(cfg.resume).parent.resolve() == out.resolve()
-        if in_place and cfg.overwrite:
-            fail(f"--overwrite would delete the run that --resume {cfg.resume} continues: drop --overwrite")
-        lock = main_decides(lambda: claim(out, OUTPUTS, fresh=not in_place, overwrite=cfg.overwrite,
+        resumed = resume_path(cfg.resume).parent if cfg.resume else None
+        lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
                                           flag="--output_dir"), ctx)
         if ctx.is_main:
             if resume is None:
@@ -240,10 +238,9 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         barrier()
         trainer.fit()
     except KeyboardInterrupt as exc:
-        where = f"rank {ctx.rank}: " if ctx.world_size > 1 else ""
-        at = f" at step {trainer.step}" if trainer is not None else ""
-        log.warning("%sinterrupted%s; continue from the last save with --resume %s", where, at, cfg.output_dir)
-        raise SystemExit(interrupt_status(exc)) from None
+        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size,
+                          step=None if trainer is None else trainer.step,
+                          folder=cfg.output_dir)
     except Exception as exc:
         if trainer is not None:
             stop_on_fault(exc, step=trainer.step, saved=trainer.saved, folder=str(trainer.out),

@@ -35,19 +35,19 @@ from nola.dataset import make_loader, training_datasets, trim_collate
 from nola.distributed import DistContext, barrier, cleanup, gather_objects, init_distributed, main_decides
 from nola.dropout import pad_dropout_to
 from nola.errors import fail
-from nola.faults import NonFinite, interrupt_status, sigterm_as_interrupt, stop_on_fault
+from nola.faults import NonFinite, sigterm_as_interrupt, stop_on_fault, stop_on_interrupt
 from nola.fileio import atomic_open
 from nola.log import get_logger
 from nola.objective import MaskedLM, masked_nll_sum
 from nola.optim import Schedule, cycle_knots, make_optimizer
-from nola.resume import (adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path, rng_state,
-                         run_record, save_resume, set_rng_state)
+from nola.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path,
+                         rng_state, run_record, save_resume, set_rng_state)
 from nola.sizes import adapter_file_bytes
-from nola.workdir import WorkDirLock, append_row, claim, trim_log
+from nola.workdir import append_row, claim, trim_log
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
-OUTPUTS = (LOG_FILE, "resume.pt", "model.*.pt")  # what a run writes in --work_dir (nola.workdir.claim)
+OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.workdir.claim)
 
 
 def default_max_step(optim: OptimConfig, batch_size: int, num_examples: int, world_size: int) -> int:
@@ -323,7 +323,9 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
             check_metadata(resume, built.model.config, f"--resume {cfg.resume}", source.init_checkpoint,
                            built.base_sha256)
         trainer = Trainer(cfg, optim, launch.random_seed, ctx, built, train_ds, valid_ds, resume)
-        lock = main_decides(lambda: _claim(trainer.work_dir, cfg), ctx)
+        resumed = resume_path(cfg.resume).parent if cfg.resume else None
+        lock = main_decides(lambda: claim(trainer.work_dir, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
+                                          flag="--work_dir"), ctx)
         if ctx.is_main:
             if resume is None:
                 with atomic_open(trainer.work_dir / LOG_FILE):
@@ -336,10 +338,9 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         barrier()
         trainer.fit()
     except KeyboardInterrupt as exc:
-        where = f"rank {ctx.rank}: " if ctx.world_size > 1 else ""
-        at = f" at step {trainer.step}" if trainer is not None else ""
-        log.warning("%sinterrupted%s; continue from the last checkpoint with --resume %s", where, at, cfg.work_dir)
-        raise SystemExit(interrupt_status(exc)) from None
+        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size,
+                          step=None if trainer is None else trainer.step,
+                          folder=cfg.work_dir)
     except Exception as exc:
         if trainer is not None:
             saved = trainer.last_model_step if trainer.last_model_step >= 0 else None
@@ -351,12 +352,4 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         if lock is not None:
             lock.release()
         cleanup()
-
-
-def _claim(work_dir: Path, cfg: TrainConfig) -> WorkDirLock:
-    """Lock ``work_dir``; a fresh run (not ``--resume`` of this folder) must find no earlier run there."""
-    in_place = cfg.resume is not None and resume_path(cfg.resume).parent.resolve() == work_dir.resolve()
-    if in_place and cfg.overwrite:
-        fail(f"--overwrite would delete the run that --resume {cfg.resume} continues: drop --overwrite")
-    return claim(work_dir, OUTPUTS, fresh=not in_place, overwrite=cfg.overwrite, flag="--work_dir")
 

@@ -40,14 +40,18 @@ class WorkDirLock:
             self.fd = -1
 
 
-def claim(folder: str | os.PathLike, outputs: tuple[str, ...], *, fresh: bool, overwrite: bool,
-          flag: str) -> WorkDirLock:
+def claim(folder: str | os.PathLike, outputs: tuple[str, ...], *, resumed: str | os.PathLike | None,
+          overwrite: bool, flag: str) -> WorkDirLock:
     """Lock ``folder`` (created if missing) for this run and tidy it.
 
-    ``outputs``: glob patterns of the files a run writes there. ``fresh``: the run does not continue
-    the one saved in ``folder``; then earlier outputs are an error, or deleted with ``overwrite``.
+    ``outputs``: glob patterns of the files a run writes there. ``resumed``: the folder of the run
+    that ``--resume`` continues, if any. A run that does not continue the one in ``folder`` is fresh:
+    earlier outputs there are an error, or deleted with ``overwrite``.
     """
     path = Path(folder)
+    fresh = resumed is None or Path(resumed).resolve() != path.resolve()
+    if overwrite and not fresh:
+        fail(f"--overwrite would delete the run that --resume {resumed} continues: drop --overwrite")
     holder = _holder(path / LOCK_FILE)
     if holder is not None:
         fail(f"{flag} {path} is in use by another run ({holder}); wait for it to end or choose another {flag}")

@@ -103,15 +103,18 @@ def test_reused_work_dir_is_refused_and_overwrite_starts_afresh(tiny_gpt2, base,
 def test_sigterm_mid_run_is_a_clean_stop_the_lock_refuses_a_second_run_and_resume_is_exact(
         tiny_gpt2, base, data, whole, tmp_path, capsys):
     """Stopped (SIGSTOP) right after its step-8 checkpoint, the run still holds the folder: a second
-    run there is refused naming its pid. Then SIGTERM (and SIGCONT): the interrupt path."""
+    run there, fresh or resuming, is refused naming its pid. Then SIGTERM (and SIGCONT): the
+    interrupt path."""
     work = tmp_path / "run"
     args = run_args(tiny_gpt2, base, data) + ["--work_dir", str(work)]
     proc = child(args)
     wait_for(work / "resume.pt", proc)
     os.kill(proc.pid, signal.SIGSTOP)
-    line = fails(args + ["--resume", str(work)], capsys)
-    assert re.fullmatch(rf"error: --work_dir {re.escape(str(work))} is in use by another run \(pid {proc.pid} on "
-                        r"\S+, started [\d-]+ [\d:]+\); wait for it to end or choose another --work_dir", line), line
+    busy = (rf"error: --work_dir {re.escape(str(work))} is in use by another run \(pid {proc.pid} on \S+, started "
+            r"[\d-]+ [\d:]+\); wait for it to end or choose another --work_dir")
+    for second in (args, args + ["--resume", str(work)]):
+        line = fails(second, capsys)
+        assert re.fullmatch(busy, line), line
     os.kill(proc.pid, signal.SIGTERM)
     os.kill(proc.pid, signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)

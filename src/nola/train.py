@@ -8,6 +8,8 @@ DistributedDataParallel (gradients averaged) and each rank trains its own shard 
 Outputs in ``--work_dir``: ``model.<step>.pt`` (the compact adapter file, or a full state dict with
 ``--save_full``) every ``--save_interval`` steps and at each epoch end, ``resume.pt`` (see
 :mod:`nola.resume`) alongside, and ``log.jsonl`` with one row per log line and per validation.
+The run holds ``--work_dir`` for itself (:func:`nola.workdir.claim`) and ends on a fault (full disk,
+lost processes, non-finite loss) with one line and no damaged file (:mod:`nola.faults`).
 """
 from __future__ import annotations
 

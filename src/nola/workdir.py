@@ -181,8 +181,8 @@ def trim_log(path: str | os.PathLike, step: int) -> None:
 
 def _row(line: bytes) -> dict | None:
     try:
-        row = json.loads(line)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        row = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError
         return None
     return row if isinstance(row, dict) and isinstance(row.get("step", 0), int) else None
 

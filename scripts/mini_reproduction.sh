@@ -60,7 +60,7 @@ adapt() {
       --train_batch_size 8 --valid_batch_size 16 --seq_len 96 --model_card "$card" --init_checkpoint "$base" \
       --clip 0.0 --weight_decay 0.0 --correct_bias --adam_beta2 0.999 --scheduler linear --warmup_step 50 \
       --max_step "${ADAPT_STEPS:-600}" --save_interval 100000 --log_interval 100 --eval_interval 100 \
-      --label_smooth 0.1 --work_dir "$dir" --random_seed 110 "$@" > "$dir/train.log" 2>&1 \
+      --label_smooth 0.1 --work_dir "$dir" --overwrite --random_seed 110 "$@" > "$dir/train.log" 2>&1 \
       || { echo "training $name failed: $dir/train.log"; exit 1; }
     ckpt=$(ls "$dir"/model.*.pt | sort -t. -k2 -n | tail -n 1)
   fi

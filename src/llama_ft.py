@@ -19,7 +19,7 @@ from nola.llama_train import train_alpaca
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_flags(parser, LaunchConfig, "launch", fields_only=("local_rank", "device", "threads"))
+    add_flags(parser, LaunchConfig, "launch", fields_only=("local_rank", "device", "threads", "dist_timeout"))
     add_flags(parser, LlamaSource, "model")
     add_adapter_flags(parser)
     add_flags(parser, AlpacaTrainConfig, "data, optimiser and outputs")

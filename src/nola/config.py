@@ -189,6 +189,8 @@ class LaunchConfig:
     threads: int | None = option(None, "CPU threads per process (default: cores / local ranks)", check=at_least(1))
     random_seed: int = option(10, "seed for data order, dropout and init",
                               check=in_range(0, 1 << 63, high_open=True))
+    dist_timeout: int = option(1800, "seconds a process waits for the others in a collective (or the start) "
+                               "before the job stops with an error naming the rank and step", check=at_least(1))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -255,6 +257,8 @@ class TrainConfig(RunIO):
     resume: str | None = option(None, "continue the interrupted run saved in WORK_DIR (or its resume.pt)")
     stop_at_step: int | None = option(None, "end this session after this step with a checkpoint, schedule "
                                       "unchanged; continue later with --resume", check=at_least(1))
+    overwrite: bool = option(False, "start afresh in a --work_dir that holds an earlier run: delete its log.jsonl, "
+                             "resume.pt and model.*.pt first (without it such a start is refused)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -404,6 +408,8 @@ class AlpacaTrainConfig:
     resume: str | None = option(None, "continue the interrupted run saved in this folder (its resume.pt)")
     stop_at_step: int | None = option(None, "end this session after this update with a save; continue later "
                                       "with --resume", check=at_least(1))
+    overwrite: bool = option(False, "start afresh in an --output_dir that holds an earlier run: delete its "
+                             "log.jsonl, resume.pt and adapter files first (without it such a start is refused)")
 
     def __post_init__(self) -> None:
         validate(self)

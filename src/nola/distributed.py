@@ -1,19 +1,22 @@
 """Launcher-agnostic process set-up: torch.distributed.launch, torchrun, or plain python."""
 from __future__ import annotations
 
+import datetime
 import os
 import random
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from nola.config import LaunchConfig
-from nola.errors import fail
+from nola.errors import UsageError, fail
 from nola.log import get_logger, set_rank
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,7 +58,9 @@ def init_distributed(args: LaunchConfig) -> DistContext:
         device = torch.device("cpu")
         _set_cpu_threads(args.threads, local_world)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo", init_method="env://")
+        # Every collective (and the rendezvous) gives up after --dist_timeout: one stuck rank stops the job.
+        dist.init_process_group("nccl" if want_cuda else "gloo", init_method="env://",
+                                timeout=datetime.timedelta(seconds=args.dist_timeout))
     set_rank(rank)
     seed_everything(args.random_seed + rank)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world, device=device)
@@ -112,3 +117,21 @@ def gather_objects(obj: object, ctx: DistContext) -> list[object]:
     out: list[object] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def main_decides(decide: Callable[[], T], ctx: DistContext) -> T | None:
+    """Run ``decide`` on rank 0 only; a :class:`UsageError` it raises is raised on every rank, so all
+    processes stop with the same one-line error. Returns ``decide``'s result on rank 0."""
+    result, problem = None, None
+    if ctx.is_main:
+        try:
+            result = decide()
+        except UsageError as exc:
+            problem = str(exc)
+    if dist.is_initialized():
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        fail(problem)
+    return result

@@ -43,8 +43,17 @@ def atomic_torch_save(obj: object, path: str | os.PathLike, compact: bool = Fals
     import torch
 
     with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle, _use_new_zipfile_serialization=not compact)
+        torch.save(obj, _WriteOnly(handle), _use_new_zipfile_serialization=not compact)
     return Path(path).stat().st_size
+
+
+class _WriteOnly:
+    """A file without ``fileno``: torch.save then writes through ``write``, so a full disk surfaces as
+    the OSError (ENOSPC / EFBIG) that :mod:`nola.faults` recognises, not as torch's bare RuntimeError
+    of a failed raw write. The bytes are the same."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.write, self.flush = handle.write, handle.flush
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -30,17 +29,21 @@ from torch.nn.parallel import DistributedDataParallel
 from nola.alpaca import IGNORE_INDEX, AlpacaDataset, collate, dataset_path, pad_token_id, read_records
 from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
-from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, rank_share
+from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, main_decides, rank_share
 from nola.errors import fail
+from nola.faults import NonFinite, sigterm_as_interrupt, stop_on_fault, stop_on_interrupt
 from nola.fileio import atomic_open, check_writable
-from nola.hf_adapter import base_identity, save_adapter
+from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
 from nola.log import get_logger
 from nola.model import count_trainable
 from nola.optim import Schedule, make_optimizer
-from nola.resume import load_resume, restore_trainable, rng_state, save_resume, set_rng_state, trim_log
+from nola.resume import (RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume,
+                         set_rng_state)
+from nola.workdir import append_row, claim, trim_log
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
+OUTPUTS = (LOG_FILE, RESUME_FILE, WEIGHTS_FILE, CONFIG_FILE)  # what a run writes in --output_dir
 # Settings the data position, schedule and numbers depend on: a resumed run must repeat them.
 RUN_KEYS = ("dataset", "source_max_len", "target_max_len", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_steps", "lr", "lr_scheduler_type", "warmup_steps", "adam_beta1",
@@ -94,10 +97,10 @@ class AlpacaTrainer:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.amp = torch.bfloat16 if source.bf16 else None
-        self.step = 0
+        self.step, self.saved = 0, None  # saved: the step of the last complete save
         if resume is not None:
             restore_trainable(model, self.optimizer, self.scaler, resume)
-            self.step = resume["step"]
+            self.step = self.saved = resume["step"]
             set_rng_state(resume["rng"][ctx.rank], ctx.device)
         self.net = model
         if ctx.world_size > 1:
@@ -139,7 +142,10 @@ class AlpacaTrainer:
         return all_ranks_sum(torch.tensor(loss_sum, dtype=torch.float64, device=self.ctx.device)).item() / tokens
 
     def save(self) -> None:
-        """The adapter folder and resume.pt at the current step (rank 0 writes; every rank's RNG)."""
+        """The adapter folder and resume.pt at the current step (rank 0 writes; every rank's RNG); never
+        of non-finite parameters (replicated on every rank, so every rank decides alike)."""
+        if not all(torch.isfinite(p).all() for p in self.trainable):
+            raise NonFinite(self.step, "a trained parameter")
         rngs = gather_objects(rng_state(self.ctx.device), self.ctx)
         if self.ctx.is_main:
             save_adapter(self.model, self.out)
@@ -148,6 +154,7 @@ class AlpacaTrainer:
                     "base_model": base_identity(self.model)}
             save_resume(self.out, meta, {"step": self.step}, self.model, self.optimizer, self.scaler, rngs, self.run)
             log.info("saved the adapter and resume.pt in %s at step %d", self.out, self.step)
+        self.saved = self.step
         barrier()
 
     def fit(self) -> None:
@@ -155,12 +162,13 @@ class AlpacaTrainer:
         self.model.train()
         while self.step < cfg.max_steps:
             loss = self.update()
+            if not math.isfinite(loss):  # summed over every rank: each stops at the same update
+                raise NonFinite(self.step)
             if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
                 lr = self.schedule.lr_at(self.step - 1)
                 log.info("| step %6d / %d | lr %.3g | loss %.4f", self.step, cfg.max_steps, lr, loss)
                 if self.ctx.is_main:
-                    with open(self.out / LOG_FILE, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps({"step": self.step, "lr": lr, "loss": loss}) + "\n")
+                    append_row(self.out / LOG_FILE, {"step": self.step, "lr": lr, "loss": loss})
             halt = cfg.stop_at_step is not None and self.step >= cfg.stop_at_step
             if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps or halt:
                 self.save()
@@ -192,6 +200,7 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
     check_writable(cfg.output_dir, "--output_dir", folder=True)
     records = read_records(dataset_path(cfg.dataset))
     ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.train_seed))
+    trainer, lock, restore_sigterm = None, None, sigterm_as_interrupt()
     try:
         adapter = adapter_config(request, ctx.device)
         run = run_record(cfg, source, {"kind": adapter_kind(adapter), **adapter.to_dict()}, ctx.world_size)
@@ -204,8 +213,10 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         data = AlpacaDataset(records, tokenizer, cfg.source_max_len, cfg.target_max_len)
         trainer = AlpacaTrainer(cfg, source, ctx, model, data, pad_token_id(tokenizer), run, resume)
         out = trainer.out
+        resumed = resume_path(cfg.resume).parent if cfg.resume else None
+        lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
+                                          flag="--output_dir"), ctx)
         if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
             if resume is None:
                 with atomic_open(out / LOG_FILE):
                     pass
@@ -220,8 +231,17 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
             log.info("max_steps %d covers %.2f epochs", cfg.max_steps, cfg.max_steps / per_epoch)
         barrier()
         trainer.fit()
-    except KeyboardInterrupt:
-        log.warning("interrupted; continue from the last save with --resume %s", cfg.output_dir)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size,
+                          step=None if trainer is None else trainer.step,
+                          folder=cfg.output_dir)
+    except Exception as exc:
+        if trainer is not None:
+            stop_on_fault(exc, step=trainer.step, saved=trainer.saved, folder=str(trainer.out),
+                          timeout=launch.dist_timeout, is_main=ctx.is_main)
+        raise
     finally:
+        restore_sigterm()
+        if lock is not None:
+            lock.release()
         cleanup()

@@ -7,7 +7,6 @@ that epoch already trained). It is rewritten atomically at every save, after the
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -19,7 +18,7 @@ from nola.build import resolve_adapter
 from nola.checkpoint import adapter_config_from
 from nola.config import AdapterRequest, NOLAConfig, TrainConfig, identity_fields
 from nola.errors import fail
-from nola.fileio import atomic_open, atomic_torch_save
+from nola.fileio import atomic_torch_save
 from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
 
 RESUME_FORMAT = "nola-resume"
@@ -143,13 +142,3 @@ def check_resume_world(state: dict, world_size: int) -> None:
         fail(f"--resume: the interrupted run used {state['run']['world_size']} processes, this one "
              f"{world_size}; launch the same number so the data shards line up")
 
-
-def trim_log(path: str | os.PathLike, step: int) -> None:
-    """Drop ``log.jsonl`` rows after ``step`` (written after the last checkpoint, before the stop)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    with atomic_open(path) as handle:
-        handle.write("".join(line + "\n" for line in kept))

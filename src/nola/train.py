@@ -13,13 +13,14 @@ its micro-batches' means); the original divides by each rank's own count, the sa
 Outputs in ``--work_dir``: ``model.<step>.pt`` (the compact adapter file, or a full state dict with
 ``--save_full``) every ``--save_interval`` steps and at each epoch end, ``resume.pt`` (see
 :mod:`nola.resume`) alongside, and ``log.jsonl`` with one row per log line and per validation.
+The run holds ``--work_dir`` for itself (:func:`nola.workdir.claim`) and ends on a fault (full disk,
+lost processes, non-finite loss) with one line and no damaged file (:mod:`nola.faults`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
@@ -38,19 +39,22 @@ from nola.build import BuiltModel, build_model, model_config
 from nola.checkpoint import check_metadata, metadata, save_adapter
 from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
 from nola.dataset import make_loader, training_datasets, trim_collate
-from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed
+from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, main_decides
 from nola.dropout import pad_dropout_to
 from nola.errors import fail
+from nola.faults import NonFinite, sigterm_as_interrupt, stop_on_fault, stop_on_interrupt
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
 from nola.objective import MaskedLM, masked_nll_sum
 from nola.optim import Schedule, cycle_knots, make_optimizer
-from nola.resume import (adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path, rng_state,
-                         run_record, save_resume, set_rng_state, trim_log)
+from nola.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path,
+                         rng_state, run_record, save_resume, set_rng_state)
 from nola.sizes import adapter_file_bytes
+from nola.workdir import append_row, claim, trim_log
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
+OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.workdir.claim)
 
 
 def default_max_step(optim: OptimConfig, batch_size: int, num_examples: int, world_size: int) -> int:
@@ -104,6 +108,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, optim)
         self.full = args.save_full or self.model.adapter is None
         self.step, self.position, self.best_ppl, self.rng = 0, (1, 0), None, None
+        # The first step whose loss was not finite (0: none), kept on the device: no host sync per step.
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=self.device)
         if resume is not None:
             self._restore(resume)
         pad_dropout_to(self.model, args.seq_len)  # LoRA dropout masks as the padded batches draw them
@@ -124,11 +130,27 @@ class Trainer:
     # --- outputs ------------------------------------------------------------------------------
     def _row(self, **row) -> None:
         if self.ctx.is_main:
-            with open(self.work_dir / LOG_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(self.work_dir / LOG_FILE, row)
+
+    def check_finite(self, params: bool) -> None:
+        """Raise :class:`NonFinite` for the first step whose loss was not finite on any rank, or, with
+        ``params``, when a trainable tensor is not finite (one small collective and host sync)."""
+        first = torch.where(self.bad_step > 0, self.bad_step, self.max_step + 1).double()
+        broken = (~torch.stack([torch.isfinite(p).all() for p in self.trainable]).all()).double() if params \
+            else torch.zeros((), dtype=torch.float64, device=self.device)
+        flags = torch.stack([-first, broken])
+        if dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        neg_first, broken_any = flags.tolist()
+        if -neg_first <= self.max_step:
+            raise NonFinite(int(-neg_first))
+        if broken_any:
+            raise NonFinite(self.step, "a trained parameter")
 
     def save(self, epoch: int, batch: int) -> None:
-        """``model.<step>.pt`` (once per step) and ``resume.pt`` at position (epoch, batch)."""
+        """``model.<step>.pt`` (once per step) and ``resume.pt`` at position (epoch, batch); never of
+        a non-finite run."""
+        self.check_finite(params=True)
         rngs = gather_objects(rng_state(self.device), self.ctx)
         if self.ctx.is_main:
             if self.step != self.last_model_step:
@@ -227,6 +249,7 @@ class Trainer:
                 self.step += 1
                 lr = self.schedule.lr_at(self.step - 1)
                 loss = self.train_batch(batch, update=self.step % args.grad_acc == 0, lr=lr)
+                self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss), self.step, self.bad_step)
                 meter[0] += loss.double()
                 meter[1] += 1
                 bar.update(1)
@@ -264,6 +287,8 @@ class Trainer:
         sums = all_ranks_sum(torch.stack([meter[0], count, last.double()]))
         # The first host sync since the last line; the ranks' mean of their shares is the loss.
         avg, loss = (sums[0] / sums[1]).item(), (sums[2] / self.ctx.world_size).item()
+        if not math.isfinite(avg):  # some rank's loss was not finite since the last line
+            self.check_finite(params=False)
         ms = (time.perf_counter() - tick) * 1000 / meter[1]
         ppl = math.exp(min(avg, 700.0))
         log.info("| epoch %3d step %8d | %6d batches | lr %.3g | ms/batch %7.2f | loss %6.3f | avg loss %6.3f "
@@ -300,6 +325,7 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         cfg = dataclasses.replace(cfg, work_dir=work_dir)
     check_writable(cfg.work_dir, "--work_dir", folder=True)
     ctx = init_distributed(launch)
+    trainer, lock, restore_sigterm = None, None, sigterm_as_interrupt()
     try:
         if resume is not None:
             check_resume_world(resume, ctx.world_size)
@@ -309,8 +335,10 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
             check_metadata(resume, built.model.config, f"--resume {cfg.resume}", source.init_checkpoint,
                            built.base_sha256)
         trainer = Trainer(cfg, optim, launch.random_seed, ctx, built, train_ds, valid_ds, resume)
+        resumed = resume_path(cfg.resume).parent if cfg.resume else None
+        lock = main_decides(lambda: claim(trainer.work_dir, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
+                                          flag="--work_dir"), ctx)
         if ctx.is_main:
-            trainer.work_dir.mkdir(parents=True, exist_ok=True)
             if resume is None:
                 with atomic_open(trainer.work_dir / LOG_FILE):
                     pass
@@ -321,8 +349,19 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         _announce(trainer, len(train_ds), len(valid_ds))
         barrier()
         trainer.fit()
-    except KeyboardInterrupt:
-        log.warning("interrupted; continue from the last checkpoint with --resume %s", cfg.work_dir)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size,
+                          step=None if trainer is None else trainer.step,
+                          folder=cfg.work_dir)
+    except Exception as exc:
+        if trainer is not None:
+            saved = trainer.last_model_step if trainer.last_model_step >= 0 else None
+            stop_on_fault(exc, step=trainer.step, saved=saved, folder=str(trainer.work_dir),
+                          timeout=launch.dist_timeout, is_main=ctx.is_main)
+        raise
     finally:
+        restore_sigterm()
+        if lock is not None:
+            lock.release()
         cleanup()
+

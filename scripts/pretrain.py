@@ -1,16 +1,19 @@
-"""A small GPT-2 pre-trained on the DART and WebNLG dev texts, built once and cached by recipe.
+"""A small GPT-2 pre-trained on text the mirror has, built once and cached by recipe.
 
 No GPT-2 weights can be fetched offline, and a random model gives an adapter nothing to adapt. So
 the demo (and anyone without weights) starts from a random GPT-2 with the real 50257-token
-vocabulary, fully fine-tuned by ``src/gpt2_ft.py`` (no adapter) on the DART and WebNLG dev splits
-— data-to-text like E2E, but other domains and no E2E text. The result is cached under
-:func:`cache.cache_root` with a key over the recipe's settings, the hashes of its data files
-and of the code that trains it, so a later run (or a test) with the same recipe reuses it and any
-change rebuilds it.
+vocabulary, fully fine-tuned by ``src/gpt2_ft.py`` (no adapter) on two kinds of text: the WebNLG
+dev split as data-to-text pairs (triples → sentence, so the base learns to read a record and copy
+from it) and the E2E valid references as plain text (each sentence a document after the EOS token,
+no MR: the domain's language, never its MR → sentence task). The E2E test split is never read.
+The result is cached under :func:`cache.cache_root` with a key over the recipe's settings, the
+hashes of its data files and of the code that trains it, so a later run (or a test) with the same
+recipe reuses it and any change rebuilds it.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -19,37 +22,45 @@ from pathlib import Path
 
 import torch
 
+from nola.config import EOS_ID
+from nola.dataset import FIX_HINT
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.log import get_logger
+from nola.textio import text_lines
 from scripts.cache import cached, files_digest
 from scripts.tiny import save_random_gpt2
 
 log = get_logger(__name__)
 SRC = Path(__file__).resolve().parents[1] / "src"
 TRAIN_SCRIPT = SRC / "gpt2_ft.py"
-PRETRAIN_SPLITS = ("webnlg_challenge_2017/valid.jsonl", "dart/valid.jsonl")
 
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """Shape of the random GPT-2 and the full fine-tuning that pre-trains it. The defaults are the
-    base of scripts/mini_reproduction.sh (the same gpt2_ft.py flags); one with 12x fewer tokens (300
-    steps of batch 8 x 64, joint LM, lr 3e-3) left a base NOLA could not adapt (completion loss 7.3)."""
+    """Shape of the random GPT-2, its pre-training text and the full fine-tuning that pre-trains it.
+
+    ``pairs``: encoded splits trained on as they are (loss on the completion); ``references``:
+    encoded splits whose completions alone are trained on, as documents after the EOS token. The
+    last ``held_out`` lines of each split are the validation set. 300 steps of batch 16 are 0.7 of
+    an epoch; a base pre-trained on DART + WebNLG alone for as long (no E2E text) left NOLA
+    nothing to adapt (completion loss 7.3, broken sentences)."""
 
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4
     n_positions: int = 256
     init_seed: int = 0
-    steps: int = 1200
+    steps: int = 300
     batch: int = 16
     seq_len: int = 96
-    lr: float = 0.001
-    warmup: int = 100
+    lr: float = 0.002
+    warmup: int = 30
     weight_decay: float = 0.01
     obj: str = "clm"
-    valid_lines: int = 400
+    pairs: tuple[str, ...] = ("webnlg_challenge_2017/valid.jsonl",)
+    references: tuple[str, ...] = ("e2e/valid.jsonl",)
+    held_out: int = 100
     train_seed: int = 1
 
 
@@ -75,22 +86,37 @@ def code_digest() -> str:
     return files_digest(files) + f"+torch{torch.__version__}"
 
 
-def pretrain_files(data_dir: Path, out: Path, valid_lines: int) -> tuple[Path, Path]:
-    """The encoded WebNLG and DART dev splits of ``data_dir`` (create_datasets.sh's layout), joined;
-    the last ``valid_lines`` lines held out for validation. Returns (train, valid) under ``out``."""
-    lines: list[str] = []
-    for split in PRETRAIN_SPLITS:
+def _split_lines(path: Path, references: bool) -> list[str]:
+    """The encoded lines of ``path``; for a ``references`` split, each completion alone after the EOS token."""
+    lines = text_lines(path, "pre-training split")
+    if not references:
+        return lines
+    try:
+        completions = [json.loads(line)["completion"] for line in lines]
+    except (json.JSONDecodeError, TypeError, KeyError):
+        fail(f"{path}: not an encoded split (lines of {{'context', 'completion'}}); {FIX_HINT}")
+    return [json.dumps({"context": [EOS_ID], "completion": ids}) + "\n" for ids in completions]
+
+
+def pretrain_files(data_dir: Path, out: Path, recipe: BaseRecipe) -> tuple[Path, Path]:
+    """The recipe's splits of ``data_dir`` (create_datasets.sh's layout) joined into one training
+    and one validation file under ``out`` (the last ``held_out`` lines of each split validate)."""
+    train: list[str] = []
+    valid: list[str] = []
+    for split, references in [(s, False) for s in recipe.pairs] + [(s, True) for s in recipe.references]:
         path = data_dir / "data" / split
         if not path.is_file():
             fail(f"{path} not found: run `bash create_datasets.sh {data_dir}` with NOLA_DATA_MIRROR set")
-        lines += path.read_text(encoding="utf-8").splitlines(keepends=True)
-    if len(lines) <= valid_lines:
-        fail(f"{data_dir}: {len(lines)} pre-training lines, fewer than the {valid_lines} held out")
-    train, valid = out / "pretrain_train.jsonl", out / "pretrain_valid.jsonl"
-    for path, part in ((train, lines[:-valid_lines]), (valid, lines[-valid_lines:])):
+        lines = _split_lines(path, references)
+        if len(lines) <= recipe.held_out:
+            fail(f"{path}: {len(lines)} lines, not more than the {recipe.held_out} held out for validation")
+        train += lines[:-recipe.held_out]
+        valid += lines[-recipe.held_out:]
+    paths = out / "pretrain_train.jsonl", out / "pretrain_valid.jsonl"
+    for path, part in zip(paths, (train, valid)):
         with atomic_open(path) as handle:
             handle.writelines(part)
-    return train, valid
+    return paths
 
 
 def train_command(recipe: BaseRecipe, card: Path, init: Path, train: Path, valid: Path, work: Path) -> list[str]:
@@ -107,7 +133,7 @@ def train_command(recipe: BaseRecipe, card: Path, init: Path, train: Path, valid
 
 def pretrained_base(data_dir: Path, work: Path, recipe: BaseRecipe = BaseRecipe()) -> Base:
     """The cached base for ``recipe`` on the dev texts of ``data_dir``; built first if missing."""
-    train, valid = pretrain_files(data_dir, work, recipe.valid_lines)
+    train, valid = pretrain_files(data_dir, work, recipe)
     key = {"recipe": dataclasses.asdict(recipe), "data": files_digest([train, valid]), "code": code_digest()}
 
     def build(folder: Path) -> None:

@@ -13,21 +13,21 @@ import pytest
 from scripts.cache import cached, recipe_key
 from nola.errors import UsageError
 from scripts.plot import read_curves
-from scripts.pretrain import BaseRecipe, pretrained_base
+from scripts.pretrain import BaseRecipe, pretrain_files, pretrained_base
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = BaseRecipe(n_embd=16, n_layer=1, n_head=2, n_positions=64, steps=3, batch=2, seq_len=24, warmup=1,
-                  valid_lines=4)
+                  held_out=2)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def data_dir(e2e_data, tmp_path_factory) -> Path:
-    """create_datasets.sh's layout with short WebNLG and DART dev files (E2E lines stand in: the
-    recipe only hashes and trains on them)."""
+    """create_datasets.sh's layout with short WebNLG and E2E dev files (E2E lines stand in for WebNLG's:
+    the recipe only hashes and trains on them)."""
     root = tmp_path_factory.mktemp("datasets")
     lines = (e2e_data / "valid.jsonl").read_text().splitlines(keepends=True)
-    for split, part in (("webnlg_challenge_2017", lines[:8]), ("dart", lines[8:16])):
+    for split, part in (("webnlg_challenge_2017", lines[:8]), ("e2e", lines[8:16])):
         (root / "data" / split).mkdir(parents=True)
         (root / "data" / split / "valid.jsonl").write_text("".join(part))
     return root
@@ -50,7 +50,7 @@ def test_the_base_is_built_once_then_reused(first, cache, data_dir, tmp_path):
     assert first.built_now and first.folder.parent == cache
     assert first.card.is_file() and first.checkpoint.is_file()
     recorded = json.loads((first.folder / "recipe.json").read_text())
-    assert recorded["recipe"] == dataclasses.asdict(TINY) and first.folder.name == f"demo-base-{recipe_key(recorded)}"
+    assert recorded["recipe"] == json.loads(json.dumps(dataclasses.asdict(TINY))) and first.folder.name == f"demo-base-{recipe_key(recorded)}"
     stamp = first.checkpoint.stat().st_mtime_ns
     again = pretrained_base(data_dir, tmp_path, TINY)
     assert not again.built_now and again.folder == first.folder
@@ -63,15 +63,24 @@ def test_a_changed_recipe_or_data_builds_a_new_base(first, cache, data_dir, tmp_
     assert longer.built_now and longer.folder != first.folder
     assert [r["step"] for r in map(json.loads, (longer.folder / "log.jsonl").read_text().splitlines())
             if r["split"] == "valid"] == [4]
-    dart = data_dir / "data" / "dart" / "valid.jsonl"
-    original = dart.read_text()
+    references = data_dir / "data" / "e2e" / "valid.jsonl"
+    original = references.read_text()
     try:
-        dart.write_text(original + original.splitlines(keepends=True)[0])
+        references.write_text(original + original.splitlines(keepends=True)[0])
         other_data = pretrained_base(data_dir, tmp_path / "b", TINY)
     finally:
-        dart.write_text(original)
+        references.write_text(original)
     assert other_data.built_now and other_data.folder not in (first.folder, longer.folder)
     assert not pretrained_base(data_dir, tmp_path / "c", TINY).built_now
+
+
+def test_the_references_are_trained_on_alone_after_the_eos_token(data_dir, tmp_path):
+    train, valid = pretrain_files(data_dir, tmp_path, TINY)
+    webnlg = (data_dir / "data" / "webnlg_challenge_2017" / "valid.jsonl").read_text().splitlines()
+    e2e = [json.loads(line) for line in (data_dir / "data" / "e2e" / "valid.jsonl").read_text().splitlines()]
+    plain = [json.dumps({"context": [50256], "completion": item["completion"]}) for item in e2e]
+    assert train.read_text().splitlines() == webnlg[:-2] + plain[:-2]
+    assert valid.read_text().splitlines() == webnlg[-2:] + plain[-2:]
 
 
 def test_a_failed_build_leaves_nothing(cache):

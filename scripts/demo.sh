@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paper's pipeline in miniature on CPU: a small GPT-2 pre-trained once on the DART + WebNLG dev
-# texts (cached under ${NOLA_CACHE:-~/.cache/nola}), adapted to E2E with NOLA through
+# The paper's pipeline in miniature on CPU: a small GPT-2 pre-trained once on the WebNLG dev pairs and
+# the E2E valid references (cached under ${NOLA_CACHE:-~/.cache/nola}), adapted to E2E with NOLA through
 # torch.distributed.launch -> gpt2_ft.py -> gpt2_beam.py -> gpt2_decode.py -> measure_scores.py,
 # and scored next to the unadapted base. The steps are in scripts/demo.py.
 # Usage: bash scripts/demo.sh [--gpt2 sm|md|lg] [--out DIR]   (outputs under ./demo_run, or $DEMO_DIR)

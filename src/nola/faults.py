@@ -7,14 +7,17 @@ path (status 143 instead of 130).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import sys
 import threading
-from typing import Callable, NoReturn
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NoReturn
 
 import torch.distributed as dist
 
+from nola.distributed import DistContext, cleanup
 from nola.log import get_logger
 
 log = get_logger(__name__)
@@ -108,3 +111,38 @@ def stop_on_fault(exc: BaseException, *, step: int, saved: int | None, folder: s
     if is_main or not isinstance(exc, NonFinite):
         print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(FAULT_STATUS) from None
+
+
+@dataclass
+class RunState:
+    """What :func:`guarded_run` needs to know about a run once it exists: ``trainer`` (its ``step``
+    and ``saved``, the step of the last complete checkpoint or None) and ``lock`` (the claimed
+    folder's :class:`nola.workdir.WorkDirLock`)."""
+
+    trainer: Any = None
+    lock: Any = None
+
+
+@contextlib.contextmanager
+def guarded_run(ctx: DistContext, folder: str, timeout: int) -> Iterator[RunState]:
+    """The body of a training run (``gpt2_ft.py``, ``llama_ft.py``): SIGTERM raises as Ctrl-C does, an
+    interrupt or a fault ends the process with its one line, and however the run ends the folder's
+    lock is released and the process group closed. ``folder``: the run's folder as the user gave it."""
+    state = RunState()
+    restore_sigterm = sigterm_as_interrupt()
+    try:
+        yield state
+    except KeyboardInterrupt as exc:
+        step = None if state.trainer is None else state.trainer.step
+        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size, step=step, folder=folder)
+    except Exception as exc:
+        trainer = state.trainer
+        if trainer is not None:
+            stop_on_fault(exc, step=trainer.step, saved=trainer.saved, folder=folder, timeout=timeout,
+                          is_main=ctx.is_main)
+        raise
+    finally:
+        restore_sigterm()
+        if state.lock is not None:
+            state.lock.release()
+        cleanup()

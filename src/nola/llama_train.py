@@ -29,9 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from nola.alpaca import IGNORE_INDEX, AlpacaDataset, collate, dataset_path, pad_token_id, read_records
 from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
-from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, main_decides, rank_share
+from nola.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides, rank_share
 from nola.errors import fail
-from nola.faults import NonFinite, sigterm_as_interrupt, stop_on_fault, stop_on_interrupt
+from nola.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
 from nola.log import get_logger
@@ -200,8 +200,7 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
     check_writable(cfg.output_dir, "--output_dir", folder=True)
     records = read_records(dataset_path(cfg.dataset))
     ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.train_seed))
-    trainer, lock, restore_sigterm = None, None, sigterm_as_interrupt()
-    try:
+    with guarded_run(ctx, cfg.output_dir, launch.dist_timeout) as state:
         adapter = adapter_config(request, ctx.device)
         run = run_record(cfg, source, {"kind": adapter_kind(adapter), **adapter.to_dict()}, ctx.world_size)
         if resume is not None:
@@ -211,11 +210,11 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
             enable_checkpointing(model)
         add_adapter(model, adapter, source)
         data = AlpacaDataset(records, tokenizer, cfg.source_max_len, cfg.target_max_len)
-        trainer = AlpacaTrainer(cfg, source, ctx, model, data, pad_token_id(tokenizer), run, resume)
+        trainer = state.trainer = AlpacaTrainer(cfg, source, ctx, model, data, pad_token_id(tokenizer), run, resume)
         out = trainer.out
         resumed = resume_path(cfg.resume).parent if cfg.resume else None
-        lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
-                                          flag="--output_dir"), ctx)
+        state.lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
+                                                flag="--output_dir"), ctx)
         if ctx.is_main:
             if resume is None:
                 with atomic_open(out / LOG_FILE):
@@ -231,17 +230,3 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
             log.info("max_steps %d covers %.2f epochs", cfg.max_steps, cfg.max_steps / per_epoch)
         barrier()
         trainer.fit()
-    except KeyboardInterrupt as exc:
-        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size,
-                          step=None if trainer is None else trainer.step,
-                          folder=cfg.output_dir)
-    except Exception as exc:
-        if trainer is not None:
-            stop_on_fault(exc, step=trainer.step, saved=trainer.saved, folder=str(trainer.out),
-                          timeout=launch.dist_timeout, is_main=ctx.is_main)
-        raise
-    finally:
-        restore_sigterm()
-        if lock is not None:
-            lock.release()
-        cleanup()

@@ -39,10 +39,10 @@ from nola.build import BuiltModel, build_model, model_config
 from nola.checkpoint import check_metadata, metadata, save_adapter
 from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
 from nola.dataset import make_loader, training_datasets, trim_collate
-from nola.distributed import DistContext, all_ranks_sum, barrier, cleanup, gather_objects, init_distributed, main_decides
+from nola.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides
 from nola.dropout import pad_dropout_to
 from nola.errors import fail
-from nola.faults import NonFinite, sigterm_as_interrupt, stop_on_fault, stop_on_interrupt
+from nola.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
 from nola.objective import MaskedLM, masked_nll_sum
@@ -117,7 +117,7 @@ class Trainer:
         if ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
-        self.last_model_step = self.step if resume is not None else -1
+        self.saved = self.step if resume is not None else None  # the step of the last complete model checkpoint
         self.last_valid_step = -1
 
     # --- resume -------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class Trainer:
         self.check_finite(params=True)
         rngs = gather_objects(rng_state(self.device), self.ctx)
         if self.ctx.is_main:
-            if self.step != self.last_model_step:
+            if self.step != self.saved:
                 path = self.work_dir / f"model.{self.step}.pt"
                 size = save_adapter(self.model, path, self.base_path, self.base_sha, self.step, full=self.full)
                 log.info("saved %s: %s bytes (%.1f KB)%s", path, f"{size:,}", size / 1024,
@@ -162,7 +162,7 @@ class Trainer:
             run = run_record(self.args, self.seed, self.ctx.world_size)
             save_resume(self.work_dir, metadata(self.model, self.base_path, self.base_sha), position,
                         self.model, self.optimizer, self.scaler, rngs, run)
-        self.last_model_step = self.step
+        self.saved = self.step
         barrier()
 
     # --- steps --------------------------------------------------------------------------------
@@ -325,8 +325,7 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         cfg = dataclasses.replace(cfg, work_dir=work_dir)
     check_writable(cfg.work_dir, "--work_dir", folder=True)
     ctx = init_distributed(launch)
-    trainer, lock, restore_sigterm = None, None, sigterm_as_interrupt()
-    try:
+    with guarded_run(ctx, cfg.work_dir, launch.dist_timeout) as state:
         if resume is not None:
             check_resume_world(resume, ctx.world_size)
         train_ds, valid_ds = training_datasets(cfg, model_config(source.model_card).vocab_size)
@@ -334,10 +333,10 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         if resume is not None:
             check_metadata(resume, built.model.config, f"--resume {cfg.resume}", source.init_checkpoint,
                            built.base_sha256)
-        trainer = Trainer(cfg, optim, launch.random_seed, ctx, built, train_ds, valid_ds, resume)
+        trainer = state.trainer = Trainer(cfg, optim, launch.random_seed, ctx, built, train_ds, valid_ds, resume)
         resumed = resume_path(cfg.resume).parent if cfg.resume else None
-        lock = main_decides(lambda: claim(trainer.work_dir, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
-                                          flag="--work_dir"), ctx)
+        state.lock = main_decides(lambda: claim(trainer.work_dir, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
+                                                flag="--work_dir"), ctx)
         if ctx.is_main:
             if resume is None:
                 with atomic_open(trainer.work_dir / LOG_FILE):
@@ -349,19 +348,4 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         _announce(trainer, len(train_ds), len(valid_ds))
         barrier()
         trainer.fit()
-    except KeyboardInterrupt as exc:
-        stop_on_interrupt(exc, rank=ctx.rank, world_size=ctx.world_size,
-                          step=None if trainer is None else trainer.step,
-                          folder=cfg.work_dir)
-    except Exception as exc:
-        if trainer is not None:
-            saved = trainer.last_model_step if trainer.last_model_step >= 0 else None
-            stop_on_fault(exc, step=trainer.step, saved=saved, folder=str(trainer.work_dir),
-                          timeout=launch.dist_timeout, is_main=ctx.is_main)
-        raise
-    finally:
-        restore_sigterm()
-        if lock is not None:
-            lock.release()
-        cleanup()
 

@@ -68,7 +68,7 @@ def build(variant: str, cfg: GPT2Config, device: torch.device) -> GPT2LMModel:
     if variant == "official-style k=1024":
         nola = NOLAConfig(rank=8, num_basis=1024, qv=True, mode="onthefly")
         model = GPT2LMModel(cfg)
-        inject(model, nola, gpt2_targets(nola), group_cls=OfficialStyleGroup, refresh_on=model.transformer)
+        inject(model, nola, gpt2_targets(nola), group_cls=OfficialStyleGroup)
         model.nola_config = nola
         return model.to(device)
     settings = dict(NOLA_VARIANTS)[variant]

@@ -13,11 +13,13 @@ first third of ``attn.c_attn``'s outputs).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 from torch import nn
 
 from nola.config import AdapterConfig, NOLAConfig
+from nola.errors import fail
 from nola.layers import NOLAGroup, NOLASlot, set_lora_merged
 
 # role -> (module path suffix, part of the output, number of equal parts)
@@ -28,6 +30,8 @@ GPT2_ROLES = {
     "mlp_proj": ("mlp.c_proj", 0, 1),
 }
 ADAPTER_PREFIX = "nola."
+# Prefixes that wrappers put before a model's own names: DDP's ``module.`` and torch.compile's ``_orig_mod.``.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class AdapterSpec(NamedTuple):
@@ -44,7 +48,8 @@ def gpt2_targets(cfg: NOLAConfig) -> list[str]:
 
 def is_adapter_key(name: str) -> bool:
     """Whether a parameter / state-dict name belongs to an adapter (NOLA α/β or loralib's A/B)."""
-    name = name.removeprefix("module.")
+    while name.startswith(WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
     return name.startswith(ADAPTER_PREFIX) or "lora_" in name
 
 
@@ -72,34 +77,97 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, list[tuple[n
                 continue
             d_in, d_out, in_out = layout
             if d_out % parts:
-                raise ValueError(f"target {target!r}: {name} has {d_out} outputs, not {parts} equal parts")
+                fail(f"target {target!r}: {name} has {d_out} outputs, not {parts} equal parts")
             width = d_out // parts
             cols = slice(None) if parts == 1 else slice(part * width, (part + 1) * width)
             by_shape.setdefault((d_in, width), []).append((module, cols, d_in, width, in_out))
         if not by_shape:
-            raise ValueError(f"target {target!r} matches no nn.Linear or Conv1D in {type(model).__name__}; "
-                             f"check the module names (model.named_modules())")
+            fail(f"target {target!r} matches no nn.Linear or Conv1D in {type(model).__name__}; "
+                 f"check the module names (model.named_modules())")
         for (d_in, d_out), members in by_shape.items():
             role = target if len(by_shape) == 1 else f"{target}_{d_in}x{d_out}"
             found[role] = members
     return found
 
 
-def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str],
-           group_cls: type[NOLAGroup] = NOLAGroup, refresh_on: nn.Module | None = None) -> nn.ModuleDict:
-    """Adapt ``target_modules`` of ``model`` with NOLA; freeze everything but α and β.
+class NOLAAdapters(nn.ModuleDict):
+    """What :func:`inject` returns and puts on the model as ``model.nola``: the groups by role
+    (state-dict keys ``nola.<role>.alpha`` / ``.beta``) and the switches of the adapter as a whole."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not a submodule: the model owns this dict
+
+    @property
+    def merged(self) -> bool:
+        return any(group.merged for group in self.values())
+
+    def merge(self) -> None:
+        """Fold every ΔW into its frozen weight (refused for 4/8-bit weights); forward skips the adapter."""
+        for group in self.values():
+            group.set_merged(True)
+
+    def unmerge(self) -> None:
+        """Take every ΔW out of its weight again."""
+        for group in self.values():
+            group.set_merged(False)
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Within the block the model computes as its base (a merged adapter is taken out first)."""
+        merged = self.merged
+        self.unmerge()
+        for group in self.values():
+            group.disabled = True
+        try:
+            yield
+        finally:
+            for group in self.values():
+                group.disabled = False
+            if merged:
+                self.merge()
+
+    def unload(self) -> nn.Module:
+        """Take the adapter off (hooks, α, β; the weights unmerged) and return the bare model."""
+        self.unmerge()
+        return self._detach()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold the adapter into the weights and take it off: a plain model of the base's class."""
+        self.merge()
+        return self._detach()
+
+    def _detach(self) -> nn.Module:
+        model = self._model
+        for group in self.values():
+            for slot in group.slots:
+                hook = getattr(slot.module, "nola_slots", None)
+                if hook is not None:
+                    hook.handle.remove()
+                    del slot.module.nola_slots
+        del model.nola
+        model.__dict__.pop("adapter_spec", None)
+        return model
+
+
+def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str] | None = None,
+           group_cls: type[NOLAGroup] = NOLAGroup) -> NOLAAdapters:
+    """Adapt ``target_modules`` (default: ``cfg.target_modules``) of ``model`` with NOLA; freeze
+    everything but α and β.
 
     The groups (``group_cls``: a variant of how the factors are mixed, for benchmarks) are
     registered as ``model.nola`` (state-dict keys ``nola.<role>.alpha`` / ``.beta``) and built on the
     device of the adapted weights (so bases materialise there, and cost nothing on ``meta``); the
-    model records ``adapter_spec``. A forward pre-hook on ``refresh_on`` (default: ``model``), the
-    module every forward pass goes through, mixes all factors once per pass. Returns the groups."""
+    model records ``adapter_spec``. Each group mixes its layers' factors once per forward pass (once
+    in all while no gradient is needed). Returns the groups, with ``merge`` / ``unmerge`` /
+    ``disabled`` / ``unload`` / ``merge_and_unload``."""
     if hasattr(model, "nola") and isinstance(model.nola, nn.ModuleDict):
-        raise ValueError(f"{type(model).__name__} already carries NOLA adapters")
-    if not target_modules:
-        raise ValueError("NOLA needs target modules, e.g. ['q_proj', 'v_proj']")
-    groups = nn.ModuleDict()
-    for role, members in find_targets(model, list(target_modules)).items():
+        fail(f"{type(model).__name__} already carries NOLA adapters: unload them first (model.nola.unload())")
+    targets = list(target_modules if target_modules is not None else cfg.target_modules or [])
+    if not targets:
+        fail("NOLA needs target modules, e.g. NOLAConfig(target_modules=['q_proj', 'v_proj'])")
+    groups = NOLAAdapters(model)
+    for role, members in find_targets(model, targets).items():
         _, _, d_in, d_out, _ = members[0]
         with members[0][0].weight.device:
             group = group_cls(role, len(members), d_in, d_out, cfg)
@@ -107,15 +175,9 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str],
             NOLASlot(module, group, index, cols, in_out)
         groups[role] = group
     model.nola = groups
-    model.adapter_spec = AdapterSpec(cfg, tuple(target_modules))
-    (refresh_on or model).register_forward_pre_hook(lambda module, inputs: _refresh(groups))
+    model.adapter_spec = AdapterSpec(cfg, tuple(targets))
     freeze_base(model)
     return groups
-
-
-def _refresh(groups: nn.ModuleDict) -> None:
-    for group in groups.values():
-        group.refresh()
 
 
 def freeze_base(model: nn.Module) -> None:

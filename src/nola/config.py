@@ -121,6 +121,8 @@ class NOLAConfig:
     basis_dtype: str = option("float32", "dtype of materialised bases", flag="nola_basis_dtype",
                               choices=BASIS_DTYPES)
     chunk_rows: int = option(128, "basis rows generated at a time on the fly", cli=False, check=at_least(1))
+    target_modules: list[str] | None = option(None, "module names to adapt (nola.inject's default targets)",
+                                              cli=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -131,7 +133,11 @@ class NOLAConfig:
         return self.c / self.rank
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; ``target_modules`` only when set (checkpoints record their targets on their own)."""
+        values = asdict(self)
+        if values["target_modules"] is None:
+            del values["target_modules"]
+        return values
 
 
 @dataclass

@@ -1,23 +1,30 @@
-"""User-facing errors: one line, exit status 2, no traceback."""
+"""The one error type of the library, and how the command lines report it (one line, exit status 2)."""
 from __future__ import annotations
 
 import sys
 from typing import Callable, NoReturn
 
 
-class UsageError(Exception):
-    """Bad input from the user: a flag, a file or its contents. The message names the fix."""
+class NOLAError(ValueError):
+    """Bad input to nola: a flag, a file or its contents, a model or a call. The message names the fix.
+
+    The library raises only this type for what a user can fix (``nola.inject`` on an unknown target,
+    a wrong base for an adapter folder, merging into a 4-bit weight, ...); the CLIs turn it into one
+    ``error:`` line. A ``ValueError``, so code that caught the library's former ``ValueError`` still does."""
+
+
+UsageError = NOLAError  # the name the command-line modules use
 
 
 def fail(message: str) -> NoReturn:
-    """Raise a :class:`UsageError` with ``message``."""
-    raise UsageError(message)
+    """Raise a :class:`NOLAError` with ``message``."""
+    raise NOLAError(message)
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; turn a :class:`UsageError` into ``error: ...`` and exit code 2."""
+    """Run a script's ``main``; turn a :class:`NOLAError` into ``error: ...`` and exit code 2."""
     try:
         main()
-    except UsageError as exc:
+    except NOLAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

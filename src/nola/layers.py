@@ -14,6 +14,7 @@ function, in forward and again in backward.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import loralib
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 from nola.basis import basis_seed, uniform_rows
 from nola.config import LoRAConfig, NOLAConfig
 from nola.dropout import PaddedDropout
+from nola.errors import fail
 from nola.quant import fake_quant
 
 BASIS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -69,8 +71,14 @@ def _chunks(meta, device, dtype):
             yield (None if shared else layer), start, stop, rows.to(dtype)
 
 
-class NOLAGroup(nn.Module):
-    """The NOLA adapters of one role (e.g. every layer's query projection)."""
+class NOLABasis(nn.Module):
+    """The maths of one role, shared by both APIs (``nola.inject`` and :mod:`nola.peft`): the seeded
+    bases of its L layers and the mixing of all layers' coefficients in one product per factor.
+
+    It owns no coefficients: :class:`NOLAGroup` passes its ``(L, k)`` α / β, the PEFT tuner the
+    stack of its layers' ``(k,)`` vectors. :meth:`shared_factors` keeps the mixed factors of the
+    current coefficients, so every layer of a forward pass reads one mixture, and a model that needs
+    no gradient (generation, evaluation) mixes once until the coefficients change."""
 
     def __init__(self, role: str, num_layers: int, d_in: int, d_out: int, cfg: NOLAConfig) -> None:
         super().__init__()
@@ -82,16 +90,11 @@ class NOLAGroup(nn.Module):
         self.seeds_a = tuple(basis_seed(cfg.seed, role, "A", layer) for layer in layers)
         self.seeds_b = tuple(basis_seed(cfg.seed, role, "B", layer) for layer in layers)
         self.bound_a, self.bound_b = basis_bounds(d_in, d_out, cfg.rank)
-        k = cfg.num_basis
-        self.alpha = nn.Parameter(torch.full((num_layers, k), 1.0 / k))
-        self.beta = nn.Parameter(torch.full((num_layers, k), 1.0 / k))
         self.register_buffer("basis_a", None, persistent=False)
         self.register_buffer("basis_b", None, persistent=False)
         if self.mode == "materialised":
             self.materialise()
-        self.slots: list[NOLASlot] = []
-        self.merged = False
-        self._mixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _factor_meta(self, factor: str) -> tuple:
         if factor == "A":
@@ -100,17 +103,17 @@ class NOLAGroup(nn.Module):
 
     def materialise(self) -> None:
         """Generate and keep the bases (shared: ``(k, n)``; one seed per layer: ``(L, k, n)``)."""
-        device = self.alpha.device
+        device = self.basis_a.device if self.basis_a is not None else torch.get_default_device()
         for factor, name in (("A", "basis_a"), ("B", "basis_b")):
             seeds, k, n, bound = self._factor_meta(factor)
             bases = [uniform_rows(s, k, n, bound, device=device, dtype=self.basis_dtype) for s in seeds]
             setattr(self, name, bases[0] if len(bases) == 1 else torch.stack(bases))
 
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantised(self, alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """α and β as the forward pass uses them (quantised when ``qbits`` is set)."""
         if self.qbits is None:
-            return self.alpha, self.beta
-        return fake_quant(self.alpha, self.qbits), fake_quant(self.beta, self.qbits)
+            return alpha, beta
+        return fake_quant(alpha, self.qbits), fake_quant(beta, self.qbits)
 
     def _mix(self, coeff: torch.Tensor, factor: str) -> torch.Tensor:
         seeds, k, n, bound = self._factor_meta(factor)
@@ -119,15 +122,83 @@ class NOLAGroup(nn.Module):
         basis = self.basis_a if factor == "A" else self.basis_b
         if basis.dtype != coeff.dtype:
             coeff = coeff.to(basis.dtype)
+        if basis.device != coeff.device:
+            coeff = coeff.to(basis.device)
         mixed = coeff @ basis if basis.dim() == 2 else torch.bmm(coeff.unsqueeze(1), basis).squeeze(1)
         return mixed.float() if mixed.dtype == torch.bfloat16 else mixed
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A for every layer ``(L, d_in, r)`` and s·B ``(L, r, d_out)``."""
-        alpha, beta = self.coefficients()
+    def factors_of(self, alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A of every layer ``(L, d_in, r)`` and s·B ``(L, r, d_out)`` from ``(L, k)`` coefficients."""
+        alpha, beta = self.quantised(alpha, beta)
         a = self._mix(alpha, "A").view(self.num_layers, self.d_in, self.rank)
         b = self._mix(beta, "B").view(self.num_layers, self.rank, self.d_out) * self.scale
         return a, b
+
+    def shared_factors(self, sources: tuple[torch.Tensor, ...],
+                       mix: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mix()`` once for the current state of ``sources`` (the coefficient parameters).
+
+        The result is kept while the sources keep their storage and version counters (an optimiser
+        step, ``copy_``, ``load_state_dict`` all bump them) and the grad mode stays. With a gradient
+        the kept factors are dropped as soon as backward reaches them, so the next forward pass mixes
+        again (its graph would otherwise be freed); without one they are kept across calls, which
+        makes ``generate()`` mix once instead of once per token."""
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        key = (grad, torch.is_inference_mode_enabled(),
+               tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in sources))
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        factors = mix()
+        self._cache = (key, factors)
+        if grad:
+            for tensor in factors:
+                if tensor.requires_grad:
+                    tensor.register_hook(self._forget_on_backward)
+        return factors
+
+    def _forget_on_backward(self, grad: torch.Tensor) -> None:
+        self._cache = None
+
+    def forget(self) -> None:
+        """Drop the kept factors (they are mixed again on the next use)."""
+        self._cache = None
+
+    def _apply(self, fn, recurse: bool = True):
+        self._cache = None  # .to() / .half() move the bases; factors mixed before are stale
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return (f"role={self.role}, layers={self.num_layers}, {self.d_in}->{self.d_out}, r={self.rank}, "
+                f"k=l={self.num_basis}, mode={self.mode}, qbits={self.qbits}")
+
+
+def check_mergeable(weight: torch.Tensor, where: str) -> None:
+    """Refuse to fold a delta into a weight that is not plain floating point (bitsandbytes' 4-bit
+    ``Params4bit`` / 8-bit ``Int8Params``, or any integer storage): the sum would be wrong or lost."""
+    if type(weight).__name__ in ("Params4bit", "Int8Params") or not weight.dtype.is_floating_point:
+        fail(f"{where}: cannot merge NOLA into a {str(weight.dtype).removeprefix('torch.')} "
+             f"({type(weight).__name__}) weight; load the base in 16 or 32 bits to merge, or keep the adapter unmerged")
+
+
+class NOLAGroup(NOLABasis):
+    """The NOLA adapters of one role (e.g. every layer's query projection): α, β of shape ``(L, k)``."""
+
+    def __init__(self, role: str, num_layers: int, d_in: int, d_out: int, cfg: NOLAConfig) -> None:
+        k = cfg.num_basis
+        super().__init__(role, num_layers, d_in, d_out, cfg)
+        self.alpha = nn.Parameter(torch.full((num_layers, k), 1.0 / k))
+        self.beta = nn.Parameter(torch.full((num_layers, k), 1.0 / k))
+        self.slots: list[NOLASlot] = []
+        self.merged = False
+        self.disabled = False
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """α and β as the forward pass uses them (quantised when ``qbits`` is set)."""
+        return self.quantised(self.alpha, self.beta)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A for every layer ``(L, d_in, r)`` and s·B ``(L, r, d_out)``."""
+        return self.factors_of(self.alpha, self.beta)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s·A·B for every layer, ``(L, d_in, d_out)``."""
@@ -135,31 +206,31 @@ class NOLAGroup(nn.Module):
         return torch.bmm(a, b)
 
     def refresh(self) -> None:
-        """Mix every layer's factors once for the coming forward pass (one product per factor);
-        the slots then read their layer's slice. Called by the model's forward pre-hook."""
-        self._mixed = None if self.merged else self.factors()
+        """Forget the kept factors, so the next forward pass mixes them anew."""
+        self.forget()
+
+    @property
+    def live(self) -> bool:
+        return not (self.merged or self.disabled)
 
     def layer_delta(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """``(x A) (s·B)`` of layer ``index``, in ``x``'s dtype."""
-        if self._mixed is None:
-            raise RuntimeError(f"NOLA group {self.role}: call the model (whose forward pre-hook mixes the "
-                               f"factors), not the adapted projection on its own")
-        a, b = self._mixed
-        return (x @ a[index].to(x.dtype)) @ b[index].to(x.dtype)
+        """``(x A) (s·B)`` of layer ``index``, in ``x``'s dtype and on ``x``'s device (a model spread
+        over devices keeps the group with its first layer)."""
+        a, b = self.shared_factors((self.alpha, self.beta), self.factors)
+        return (x @ a[index].to(x.device, x.dtype)) @ b[index].to(x.device, x.dtype)
 
     @torch.no_grad()
     def set_merged(self, merged: bool) -> None:
         """Fold every layer's ΔW into (or out of) its frozen weight; forward then skips the adapter."""
         if merged == self.merged:
             return
+        for slot in self.slots:
+            check_mergeable(slot.module.weight, f"NOLA role {self.role}")
         deltas = self.delta_weight()
         for slot in self.slots:
             slot.add_to_weight(deltas[slot.index], 1.0 if merged else -1.0)
-        self.merged, self._mixed = merged, None
-
-    def extra_repr(self) -> str:
-        return (f"role={self.role}, layers={self.num_layers}, {self.d_in}->{self.d_out}, r={self.rank}, "
-                f"k=l={self.num_basis}, mode={self.mode}, qbits={self.qbits}")
+        self.merged = merged
+        self.forget()
 
 
 class NOLASlot:
@@ -173,7 +244,7 @@ class NOLASlot:
         hook = getattr(module, "nola_slots", None)
         if hook is None:
             hook = _SlotsHook()
-            module.register_forward_hook(hook)
+            hook.handle = module.register_forward_hook(hook)
             module.nola_slots = hook
         hook.slots.append(self)
         group.slots.append(self)
@@ -184,10 +255,11 @@ class NOLASlot:
     def add_to_weight(self, delta: torch.Tensor, sign: float) -> None:
         """``weight += sign·ΔW`` on this slot's columns (rows of an ``nn.Linear`` weight)."""
         weight = self.module.weight
+        delta = delta.to(weight.device, weight.dtype)
         if self.weight_in_out:
-            weight[:, self.cols] += sign * delta.to(weight.dtype)
+            weight[:, self.cols] += sign * delta
         else:
-            weight[self.cols, :] += sign * delta.t().to(weight.dtype)
+            weight[self.cols, :] += sign * delta.t()
 
 
 class _SlotsHook:
@@ -199,7 +271,7 @@ class _SlotsHook:
         self.slots: list[NOLASlot] = []
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        live = [s for s in self.slots if not s.group.merged]
+        live = [s for s in self.slots if s.group.live]
         if not live:
             return output
         x, width = inputs[0], output.shape[-1]

@@ -175,7 +175,7 @@ class GPT2LMModel(nn.Module):
         if nola is not None:
             if not gpt2_targets(nola):
                 raise ValueError("--nola_rank needs a target: add --nola_qv and/or --nola_mlp")
-            inject(self, nola, gpt2_targets(nola), refresh_on=self.transformer)
+            inject(self, nola, gpt2_targets(nola))
         freeze_base(self)
 
     @property

@@ -53,7 +53,7 @@ def is_adapter_key(name: str) -> bool:
     return name.startswith(ADAPTER_PREFIX) or "lora_" in name
 
 
-def _layout(module: nn.Module) -> tuple[int, int, bool] | None:
+def projection_layout(module: nn.Module) -> tuple[int, int, bool] | None:
     """(d_in, d_out, weight stored in × out) of a projection, or None for other modules."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, False
@@ -72,7 +72,7 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, list[tuple[n
         suffix, part, parts = GPT2_ROLES.get(target, (target, 0, 1))
         by_shape: dict[tuple[int, int], list] = {}
         for name, module in model.named_modules():
-            layout = None if not (name == suffix or name.endswith("." + suffix)) else _layout(module)
+            layout = None if not (name == suffix or name.endswith("." + suffix)) else projection_layout(module)
             if layout is None:
                 continue
             d_in, d_out, in_out = layout
@@ -137,8 +137,18 @@ class NOLAAdapters(nn.ModuleDict):
         self.merge()
         return self._detach()
 
+    def premix(self) -> None:
+        """Mix the factors of every live group now, before the model's layers run: inside a layer
+        that non-reentrant gradient checkpointing recomputes, the first mixing would be saved in the
+        forward pass but not in the recomputation (which finds the kept factors), and PyTorch
+        refuses such a layer. The model's forward pre-hook calls this."""
+        for group in self.values():
+            if group.live:
+                group.current_factors()
+
     def _detach(self) -> nn.Module:
         model = self._model
+        self.premix_hook.remove()
         for group in self.values():
             for slot in group.slots:
                 hook = getattr(slot.module, "nola_slots", None)
@@ -159,7 +169,8 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str] | None =
     registered as ``model.nola`` (state-dict keys ``nola.<role>.alpha`` / ``.beta``) and built on the
     device of the adapted weights (so bases materialise there, and cost nothing on ``meta``); the
     model records ``adapter_spec``. Each group mixes its layers' factors once per forward pass (once
-    in all while no gradient is needed). Returns the groups, with ``merge`` / ``unmerge`` /
+    in all while no gradient is needed), from the model's forward pre-hook or, for a call that
+    bypasses the model, at its first layer. Returns the groups, with ``merge`` / ``unmerge`` /
     ``disabled`` / ``unload`` / ``merge_and_unload``."""
     if hasattr(model, "nola") and isinstance(model.nola, nn.ModuleDict):
         fail(f"{type(model).__name__} already carries NOLA adapters: unload them first (model.nola.unload())")
@@ -176,6 +187,7 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str] | None =
         groups[role] = group
     model.nola = groups
     model.adapter_spec = AdapterSpec(cfg, tuple(targets))
+    groups.premix_hook = model.register_forward_pre_hook(lambda module, inputs: groups.premix())
     freeze_base(model)
     return groups
 

@@ -156,6 +156,12 @@ class NOLABasis(nn.Module):
                     tensor.register_hook(self._forget_on_backward)
         return factors
 
+    @staticmethod
+    def project(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, index: int) -> torch.Tensor:
+        """``(x A_i) (s·B_i)`` in ``x``'s dtype and on ``x``'s device (a model spread over devices
+        keeps a role's bases with its first layer)."""
+        return (x @ a[index].to(x.device, x.dtype)) @ b[index].to(x.device, x.dtype)
+
     def _forget_on_backward(self, grad: torch.Tensor) -> None:
         self._cache = None
 
@@ -213,11 +219,13 @@ class NOLAGroup(NOLABasis):
     def live(self) -> bool:
         return not (self.merged or self.disabled)
 
+    def current_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`factors`, mixed once for the current α / β (:meth:`NOLABasis.shared_factors`)."""
+        return self.shared_factors((self.alpha, self.beta), self.factors)
+
     def layer_delta(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """``(x A) (s·B)`` of layer ``index``, in ``x``'s dtype and on ``x``'s device (a model spread
-        over devices keeps the group with its first layer)."""
-        a, b = self.shared_factors((self.alpha, self.beta), self.factors)
-        return (x @ a[index].to(x.device, x.dtype)) @ b[index].to(x.device, x.dtype)
+        """``(x A) (s·B)`` of layer ``index`` (:meth:`NOLABasis.project`)."""
+        return self.project(x, *self.current_factors(), index)
 
     @torch.no_grad()
     def set_merged(self, merged: bool) -> None:

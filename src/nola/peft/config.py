@@ -38,8 +38,8 @@ class NolaConfig(PeftConfig):
     basis_dtype: str = field(default="float32", metadata={"help": f"dtype of kept bases, one of {BASIS_DTYPES}"})
     chunk_rows: int = field(default=128, metadata={"help": "basis rows generated at a time in onthefly mode"})
     target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={
-        "help": "module names (or a regex) to adapt, e.g. ['q_proj', 'v_proj']; nn.Linear and GPT-2's Conv1D"})
-    fan_in_fan_out: bool = field(default=False, metadata={"help": "set for GPT-2's Conv1D (weight in × out)"})
+        "help": "module names (or a regex) to adapt, e.g. ['q_proj', 'v_proj']: nn.Linear, and GPT-2's Conv1D "
+                "(its weight layout is read from the module, no fan_in_fan_out needed)"})
     bias: str = field(default="none", metadata={"help": "'none': NOLA trains no bias"})
     modules_to_save: Optional[list[str]] = field(default=None, metadata={
         "help": "modules besides the NOLA layers to train and save (e.g. a new classifier head)"})

@@ -29,6 +29,11 @@ from nola.quant import pack_state, unpack_state
 CODES_KEY, SCALES_KEY = "nola_codes", "nola_scales"  # qNOLA's payload in adapter_model.safetensors
 
 
+def _is_nola_key(key: str) -> bool:
+    """A NOLA entry of a model or checkpoint state dict (``...q_proj.nola_alpha[.adapter]``, the packed codes)."""
+    return any(part.startswith(NolaModel.prefix) for part in key.split("."))
+
+
 class NolaModel(BaseTuner):
     """NOLA adapters on a ``transformers`` (or any PyTorch) model; see :class:`NolaConfig`.
 
@@ -137,11 +142,10 @@ class NolaModel(BaseTuner):
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         state = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        expected = {k: v for k, v in model.state_dict().items()
-                    if k.endswith(f".{adapter_name}") and (".nola_alpha." in k or ".nola_beta." in k)}
+        expected = {k: v for k, v in model.state_dict().items() if _is_nola_key(k) and k.endswith(f".{adapter_name}")}
         if config.qbits is not None:
             state = cls._unpack(state, expected, config, adapter_name)
-        found = {k for k in state if ".nola_alpha." in k or ".nola_beta." in k or k in (CODES_KEY, SCALES_KEY)}
+        found = {k for k in state if _is_nola_key(k)}
         missing, unexpected = sorted(set(expected) - found), sorted(found - set(expected))
         if missing or unexpected:
             fail(f"NOLA adapter {adapter_name!r}: the checkpoint's coefficients differ from the model's "

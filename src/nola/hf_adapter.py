@@ -150,8 +150,11 @@ def _check_spec(model: nn.Module, header: dict, source: Path) -> None:
              f"load onto the base model the adapter was trained on")
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+def load_adapter(model: nn.Module, directory: str | os.PathLike, trainable: bool = False) -> nn.Module:
     """Load the adapter folder ``directory`` into ``model``; return ``model``.
+
+    For inference by default: the adapter tensors are frozen (so their mixed factors are kept
+    between calls); ``trainable=True`` to go on training them.
 
     A bare base gets the recorded adapter injected first; a model that carries one must carry
     the same. The base must be the one the adapter was saved from (class and config SHA-256), and
@@ -190,5 +193,6 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     with torch.no_grad():
         for name, tensor in tensors.items():
             live[name].copy_(tensor)
+            live[name].requires_grad_(trainable)
     set_merged(model, merged)
     return model

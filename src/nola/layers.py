@@ -173,6 +173,11 @@ class NOLABasis(nn.Module):
         self._cache = None  # .to() / .half() move the bases; factors mixed before are stale
         return super()._apply(fn, recurse)
 
+    def __getstate__(self) -> dict:
+        # copies and pickles leave the kept factors behind: they belong to the original's tensors,
+        # and factors that carry a graph cannot be deep-copied at all
+        return {**super().__getstate__(), "_cache": None}
+
     def extra_repr(self) -> str:
         return (f"role={self.role}, layers={self.num_layers}, {self.d_in}->{self.d_out}, r={self.rank}, "
                 f"k=l={self.num_basis}, mode={self.mode}, qbits={self.qbits}")

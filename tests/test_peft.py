@@ -320,3 +320,21 @@ def test_smollm2_peft_equals_inject_saves_and_merges(smollm2_dir, tmp_path):
     assert (_logits(native, batch) - ours).abs().max() <= 1e-5 * max(1.0, ours.abs().max())
     bare = handle.unload()
     assert torch.equal(_logits(PeftModel.from_pretrained(bare, tmp_path), batch), ours)
+
+
+@pytest.mark.slow
+def test_the_readme_trainer_example_runs_on_smollm2(smollm2_dir, tmp_path, monkeypatch):
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    code = text.split("### The PEFT way", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'path = "pretrained_checkpoints/smollm2-135m-instruct"' in code
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code.replace("pretrained_checkpoints/smollm2-135m-instruct", str(smollm2_dir)), "README", "exec"),
+             scope)
+    history = [row["loss"] for row in scope["trainer"].state.log_history if "loss" in row]
+    assert history and history[-1] < history[0]
+    weights = sorted(p.name for p in (tmp_path / "smollm2-nola" / "checkpoint-5").iterdir() if "model" in p.name)
+    assert weights == ["adapter_model.safetensors"]
+    assert type(scope["merged"]).__name__ == "LlamaForCausalLM"

@@ -2,7 +2,9 @@
 
 ``nola.inject(model, nola.NOLAConfig(...), ["q_proj", "v_proj"])`` adapts a PyTorch /
 ``transformers`` model; ``nola.save_adapter`` / ``nola.load_adapter`` write and read a PEFT-like
-folder. The names below are imported on first use, so ``import nola`` does not import torch.
+folder. ``from nola.peft import NolaConfig`` makes NOLA a method of HF PEFT (``get_peft_model``,
+``PeftModel.from_pretrained``, the ``transformers`` ``Trainer``). The names below are imported on
+first use, so ``import nola`` does not import torch.
 """
 from __future__ import annotations
 

@@ -338,3 +338,15 @@ def test_the_readme_trainer_example_runs_on_smollm2(smollm2_dir, tmp_path, monke
     weights = sorted(p.name for p in (tmp_path / "smollm2-nola" / "checkpoint-5").iterdir() if "model" in p.name)
     assert weights == ["adapter_model.safetensors"]
     assert type(scope["merged"]).__name__ == "LlamaForCausalLM"
+
+
+def test_kept_factors_follow_a_change_of_any_one_layer(tmp_path):
+    base, model, batch = _adapted("llama")
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)  # frozen: factors kept between calls
+    before = _logits(loaded, batch)
+    role = loaded.base_model.nola_bases["default"]["down_proj"]
+    with torch.no_grad():
+        role.layers[-1].nola_beta["default"].mul_(3)  # the last layer only: each layer checks its own
+    after = _logits(loaded, batch)
+    assert not torch.equal(after, before) and torch.equal(after, _logits(copy.deepcopy(loaded), batch))

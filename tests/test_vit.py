@@ -263,3 +263,18 @@ def test_saved_file_holds_the_trained_tensors_only(runs):
     assert keys == {f"nola.mlp_fc{i}.{c}" for i in (1, 2) for c in ("alpha", "beta")} | {"head.weight", "head.bias"}
     assert alpha.shape == (2, 16) and header["classes"] == ["class0", "class1", "class2"]
     assert header["train_type"] == "nola_mlp"
+
+
+def test_param_table_vit_rows():
+    """The project page's counts (without the head, in units of 2^10 / 2^20): ViT-L LoRA r=4 375K,
+    LoRA r=1 94K, NOLA-MLP 94K and 47K, full fine-tuning 289M; timm's ViT-B/16 and ViT-L/16 have
+    86,567,656 and 304,326,632 parameters with the 1000-class head."""
+    from scripts.param_table import count_vit
+
+    assert count_vit("ViT-L", "nola_mlp", rank=1, ka=1024) == 98_304 == 24 * 2 * 2 * 1024
+    assert count_vit("ViT-L", "nola_mlp", rank=1, ka=512) == 49_152
+    assert count_vit("ViT-L", "lora", rank=4) == 393_216 == 0.375 * 2 ** 20
+    assert count_vit("ViT-L", "lora", rank=1) == 98_304
+    assert round(count_vit("ViT-L", "full") / 2 ** 20) == 289
+    assert count_vit("ViT-L", "full") + 1024 * 1000 + 1000 == 304_326_632
+    assert count_vit("ViT-B", "full") + 768 * 1000 + 1000 == 86_567_656

@@ -132,6 +132,12 @@ def build(cfg: ViTConfig, num_classes: int) -> tuple[nn.Module, str]:
     model, weights = base_model(cfg.vit)
     with seeded(cfg.seed):
         model.reset_classifier(num_classes)
+    add_adapter(model, cfg)
+    return model, weights
+
+
+def add_adapter(model: nn.Module, cfg: ViTConfig) -> None:
+    """The adapter of ``--train_type`` on a timm-layout ViT, and which tensors train."""
     if cfg.train_type in ("nola", "nola_mlp"):
         inject(model, nola_config(cfg), list(TARGETS[cfg.train_type]))
     elif cfg.train_type == "lora":
@@ -139,7 +145,6 @@ def build(cfg: ViTConfig, num_classes: int) -> tuple[nn.Module, str]:
     for param in model.parameters():
         param.requires_grad_(cfg.train_type == "full" or param.requires_grad and cfg.train_type != "linear")
     model.head.requires_grad_(True)
-    return model, weights
 
 
 def nola_config(cfg: ViTConfig) -> NOLAConfig:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 
 import torch
@@ -78,11 +77,6 @@ def step_items(num_samples: int, batch: int, seed: int, step: int) -> list[tuple
     epoch, slot = divmod(step, per_epoch)
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     return [(epoch, p, order[p].item()) for p in range(slot * batch, (slot + 1) * batch)]
-
-
-def summary(values: list[float]) -> dict:
-    """Mean and population standard deviation (numpy's default) of accuracies over runs."""
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "runs": len(values)}
 
 
 class ViTTrainer:

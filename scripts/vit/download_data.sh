@@ -10,12 +10,4 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-root="$here"
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --root) [ $# -ge 2 ] || { echo "error: --root needs a folder" >&2; exit 2; }; root=$2; shift 2 ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
-exec "$PY" -m nola.vit.datasets --root "$root" ${args[@]+"${args[@]}"}
+exec "$PY" -m nola.vit.datasets --root "$here" "$@"   # a --root given here comes later and wins

@@ -37,7 +37,7 @@ from nola.resume import RESUME_FILE, load_resume, restore_trainable, resume_path
 from nola.vit.folder import ImageSet, Sample, check_images, kshot, load_rgb, scan
 from nola.vit.model import build, head_count, input_size, trained_state
 from nola.vit.transforms import Transform, eval_transform, official_augmentation, sample_seed, seeded
-from nola.workdir import append_row, claim, trim_log
+from nola.workdir import append_row, claim, start_log
 
 log = get_logger(__name__)
 LOG_FILE, RESULT_FILE, TRAINED_FILE = "log.jsonl", "result.json", "trained.safetensors"
@@ -227,11 +227,8 @@ def train_vit(launch: LaunchConfig, cfg: ViTConfig) -> None:
         out = trainer.out
         resumed = resume_path(cfg.resume).parent if cfg.resume else None
         state.lock = claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite, flag="--outdir")
-        if resume is None:
-            with atomic_open(out / LOG_FILE):
-                pass
-        else:
-            trim_log(out / LOG_FILE, trainer.step)
+        start_log(out / LOG_FILE, None if resume is None else trainer.step)
+        if resume is not None:
             log.info("resuming %s at step %d", cfg.resume, trainer.step)
         trained = count_trainable(model) - head_count(model)
         log.info("%s (%s), %s: %s trained parameters without the head, %s in the head; %d classes, %d training "

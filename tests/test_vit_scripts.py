@@ -102,3 +102,12 @@ def test_recorded_row_beside_published(tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "nowhere/result.json is missing" in missing.stderr
     assert not (tmp_path / "r2").exists()
+
+
+def test_published_vit_rows_name_a_script_cell():
+    published = json.loads((REPO / "results/published.json").read_text())
+    ids = [r["id"] for r in published["rows"] if r["dataset"] in ("cifar100", "cub200", "caltech101")]
+    assert ids == ["vit_l_lora_r4_cifar100_5shot", "vit_l_nola_mlp_k1024_cifar100_5shot"]
+    for row_id in ids:
+        script, dataset, shots = row_id.rsplit("_", 2)
+        assert (REPO / "scripts/paper" / f"{script}.sh").is_file() and row_id.endswith(f"_{dataset}_{shots}")

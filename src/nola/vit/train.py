@@ -75,7 +75,7 @@ def step_items(num_samples: int, batch: int, seed: int, step: int) -> list[tuple
     """(epoch, position, sample index) of the images of ``step`` (0-based)."""
     per_epoch = num_samples // batch
     epoch, slot = divmod(step, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (1 << 63)))
     return [(epoch, p, order[p].item()) for p in range(slot * batch, (slot + 1) * batch)]
 
 

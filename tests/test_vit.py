@@ -23,7 +23,7 @@ from nola.config import ViTConfig
 from nola.vit.folder import kshot, scan
 from nola.vit.model import TOY, ToyViT, build
 from nola.vit.train import cosine_lr, step_items
-from nola.vit.transforms import centre_crop, eval_transform, resize_shorter, sample_seed, seeded
+from nola.vit.transforms import centre_crop, EvalTransform, resize_shorter, sample_seed, seeded
 from scripts.vit.toy_images import draw_dataset, draw_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_eval_transform_closed_form():
     np.testing.assert_array_equal(crop, pixels[4:37, 8:41].astype(np.uint8))
     # 36 x 40: resize 36 (32 * 8 // 7) is a no-op, crop 32 at (2, 4); then ToTensor + ImageNet normalisation.
     small = Image.fromarray(pixels[:36, :40].astype(np.uint8))
-    out = eval_transform(32)(small)
+    out = EvalTransform(32)(small)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     expect = (pixels[2:34, 4:36].astype(np.float32) / 255 - mean) / std
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expect, rtol=0, atol=1e-6)
@@ -219,14 +219,16 @@ def _run(*args: object) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One uninterrupted NOLA-MLP run, and the same run stopped at step 5 (mid-epoch) and resumed."""
+    """One uninterrupted NOLA-MLP run, the same run stopped at step 5 (mid-epoch) and resumed, and
+    the same run with two data-loading processes."""
     root = tmp_path_factory.mktemp("vit")
     data = draw_dataset(root / "data", classes=3, train=7, val=4)
     flags = ("--train_data_path", data, "--vit", "toy", "--train_type", "nola_mlp", "--rank", 1, "--ka", 16,
              "--lr", 5e-3, "--batch_size", 4, "--epochs", 6, "--kshot", 5, "--kshot_seed", 1, "--augment", "none",
              "--num_workers", 0, "--device", "cpu", "--threads", 1)
     first = [subprocess.Popen(_argv(*flags, *extra), stderr=subprocess.PIPE, text=True)  # side by side
-             for extra in (("--outdir", root / "whole"), ("--outdir", root / "split", "--stop_at_step", 5))]
+             for extra in (("--outdir", root / "whole"), ("--outdir", root / "split", "--stop_at_step", 5),
+                           ("--outdir", root / "workers", "--num_workers", 2))]
     for proc in first:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert not (root / "split" / "trained.safetensors").exists()
@@ -252,7 +254,12 @@ def test_resume_is_exact(runs):
     assert _rows(runs / "split") == _rows(runs / "whole")
     whole, split = (json.loads((runs / f / "result.json").read_text()) for f in ("whole", "split"))
     assert split["accuracy"] == whole["accuracy"]
-    assert (runs / "split" / "trained.safetensors").read_bytes() == (runs / "whole" / "trained.safetensors").read_bytes()
+    split_file, whole_file = (runs / f / "trained.safetensors" for f in ("split", "whole"))
+    assert split_file.read_bytes() == whole_file.read_bytes()
+
+
+def test_loading_processes_change_nothing(runs):
+    assert _rows(runs / "workers") == _rows(runs / "whole")
 
 
 def test_saved_file_holds_the_trained_tensors_only(runs):

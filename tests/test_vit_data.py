@@ -60,7 +60,8 @@ def test_cifar100_layout_and_pixels(tmp_path):
 
 def test_cub_split_file_decides(tmp_path):
     with tarfile.open(tmp_path / "cub.tgz", "w:gz") as tar:
-        _add(tar, "CUB_200_2011/images.txt", b"1 001.Albatross/a_1.jpg\n2 001.Albatross/a_2.jpg\n3 002.Auklet/b_1.jpg\n")
+        _add(tar, "CUB_200_2011/images.txt",
+             b"1 001.Albatross/a_1.jpg\n2 001.Albatross/a_2.jpg\n3 002.Auklet/b_1.jpg\n")
         _add(tar, "CUB_200_2011/train_test_split.txt", b"1 1\n2 0\n3 1\n")
         for i, name in enumerate(("001.Albatross/a_1.jpg", "001.Albatross/a_2.jpg", "002.Auklet/b_1.jpg")):
             _add(tar, f"CUB_200_2011/images/{name}", _jpeg(40 * i))

@@ -19,7 +19,7 @@ from torchvision import transforms as T
 
 from nola.adapters import find_targets
 from nola.vit.model import TARGETS, TIMM_NAMES, TOY, ToyViT
-from nola.vit.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, official_augmentation, seeded
+from nola.vit.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, official_augmentation, seeded
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     for height, width in ((300, 400), (500, 333), (256, 256), (224, 301), (97, 1000)):
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-        assert torch.equal(eval_transform(224)(image), reference(image)), (height, width)
+        assert torch.equal(EvalTransform(224)(image), reference(image)), (height, width)
     print("ok: evaluation transform = torchvision's, bit for bit")
 
     augment = official_augmentation(224)

@@ -36,7 +36,7 @@ from nola.model import count_trainable
 from nola.resume import RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume, set_rng_state
 from nola.vit.folder import ImageSet, Sample, check_images, kshot, load_rgb, scan
 from nola.vit.model import build, head_count, input_size, trained_state
-from nola.vit.transforms import Transform, eval_transform, official_augmentation, sample_seed, seeded
+from nola.vit.transforms import Transform, EvalTransform, official_augmentation, sample_seed, seeded
 from nola.workdir import append_row, claim, start_log
 
 log = get_logger(__name__)
@@ -75,15 +75,16 @@ def step_items(num_samples: int, batch: int, seed: int, step: int) -> list[tuple
     """(epoch, position, sample index) of the images of ``step`` (0-based)."""
     per_epoch = num_samples // batch
     epoch, slot = divmod(step, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (1 << 63)))
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (1 << 63))
+    order = torch.randperm(num_samples, generator=generator)
     return [(epoch, p, order[p].item()) for p in range(slot * batch, (slot + 1) * batch)]
 
 
 class ViTTrainer:
     """State and steps of one k-shot run on one process."""
 
-    def __init__(self, cfg: ViTConfig, ctx: DistContext, model: nn.Module, train_set: ImageSet, run: dict,
-                 resume: dict | None) -> None:
+    def __init__(self, cfg: ViTConfig, ctx: DistContext, model: nn.Module, train_set: ImageSet, augment: Transform,
+                 run: dict, resume: dict | None) -> None:
         self.cfg, self.ctx, self.model, self.train_set, self.run = cfg, ctx, model, train_set, run
         self.out = Path(cfg.outdir)
         self.per_epoch = len(train_set.samples) // cfg.batch_size
@@ -95,8 +96,6 @@ class ViTTrainer:
         self.optimizer = torch.optim.Adam(self.trainable, lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.fp16)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        size = input_size(cfg.vit)
-        augment = official_augmentation(size) if cfg.augment == "official" else eval_transform(size)
         self.data = Images(train_set.samples, augment, cfg.seed)
         self.step, self.saved = 0, None
         if resume is not None:
@@ -164,7 +163,7 @@ class ViTTrainer:
 def accuracy(model: nn.Module, samples: list[Sample], cfg: ViTConfig, device: torch.device) -> float:
     """Top-1 accuracy on ``samples`` (evaluation transform, fp16 autocast with ``--fp16``)."""
     model.eval()
-    data = Images(samples, eval_transform(input_size(cfg.vit)))
+    data = Images(samples, EvalTransform(input_size(cfg.vit)))
     loader = DataLoader(data, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
     correct = 0
     for images, labels in loader:
@@ -217,13 +216,15 @@ def train_vit(launch: LaunchConfig, cfg: ViTConfig) -> None:
         train_set = kshot(train_set, cfg.kshot, cfg.kshot_seed, "--kshot")
     check_images(train_set)
     check_images(val_set)
+    size = input_size(cfg.vit)
+    augment = official_augmentation(size) if cfg.augment == "official" else EvalTransform(size)
     ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.seed))
     if cfg.fp16 and ctx.device.type != "cuda":
         fail("--fp16 needs CUDA (the official AMP): drop --fp16 or run on a GPU")
     with guarded_run(ctx, cfg.outdir, launch.dist_timeout) as state:
         model, weights = build(cfg, len(train_set.classes))
         model.to(ctx.device)
-        trainer = state.trainer = ViTTrainer(cfg, ctx, model, train_set, run, resume)
+        trainer = state.trainer = ViTTrainer(cfg, ctx, model, train_set, augment, run, resume)
         out = trainer.out
         resumed = resume_path(cfg.resume).parent if cfg.resume else None
         state.lock = claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite, flag="--outdir")

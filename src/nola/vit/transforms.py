@@ -55,10 +55,15 @@ def to_normalised_tensor(image: Image.Image) -> torch.Tensor:
     return pixels.sub(mean).div(std)
 
 
-def eval_transform(size: int) -> Transform:
-    """Resize the shorter side to ``size * 8 // 7`` (256 for 224), centre crop ``size``, normalise."""
-    resize = size * 8 // 7
-    return lambda image: to_normalised_tensor(centre_crop(resize_shorter(image, resize), size))
+class EvalTransform:
+    """Resize the shorter side to ``size * 8 // 7`` (256 for 224), centre crop ``size``, normalise.
+    (A class, not a closure, so that data-loading processes started by spawn can receive it.)"""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.resize = size, size * 8 // 7
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return to_normalised_tensor(centre_crop(resize_shorter(image, self.resize), self.size))
 
 
 class GaussianBlur:

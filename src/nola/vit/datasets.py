@@ -35,7 +35,8 @@ from nola.fileio import check_writable
 from nola.log import get_logger
 
 _log = get_logger("vit.datasets")
-# MD5 of each archive: torchvision.datasets.CIFAR10/CIFAR100.tgz_md5, Caltech101's tar.gz, and CUB's.
+# MD5 of each archive as torchvision pins them (CIFAR10/CIFAR100.tgz_md5, Caltech101's 101_ObjectCategories.tar.gz)
+# and as public CUB-200-2011 loaders pin it; all four checked against public copies of that code (2026-12-06).
 MD5 = {"cifar10": "c58f30108f718f92721af3b95e74349a", "cifar100": "eb9058c3a382ffc7106e4002c42a8d85",
        "cub200": "97eceeb196236b17998738112f37df78", "caltech101": "b224c7392d521a49829488ab0f1120d9"}
 CALTECH_TRAIN = 30

@@ -95,6 +95,12 @@ def ft(i: Inputs, d: Path, *extra: object, card: str | None = None) -> list[str]
               card or i.card, "--max_step", 1, "--seq_len", 64, "--work_dir", d / "run", *extra)
 
 
+def llama_beam(i: Inputs, d: Path, *extra: object) -> list[str]:
+    """src/llama_beam.py on the shared formatted file, writing into the case folder, with ``extra`` last."""
+    return py("src/llama_beam.py", "--model_name_or_path", d / "m", "--data", i.formatted,
+              "--output_ref_file", d / "ref.txt", "--output_pred_file", d / "pred.txt", *extra)
+
+
 def beam(i: Inputs, d: Path, *extra: object, data: str | None = None) -> list[str]:
     return py("src/gpt2_beam.py", "--data", data or i.encoded, "--model_card", i.card, "--seq_len", 64,
               "--eval_len", 16, "--work_dir", d / "out", *extra)
@@ -141,6 +147,7 @@ def ok_sample(ids: str) -> str:
 
 FT_RUN = ("run",)
 BEAM_OUT = ("out",)
+LLAMA_BEAM_OUT = ("ref.txt", "pred.txt")
 DECODE_OUT = ("ref.txt", "pred.txt")
 
 CASES: list[Case] = [
@@ -328,6 +335,15 @@ CASES: list[Case] = [
     Case("llama-merge-output-unwritable", lambda i, d: py("src/llama_merge.py", "--model_name_or_path", d / "m",
                                                           "--adapter", d / "a", "--output_dir", UNWRITABLE),
          ("--output_dir", "cannot write")),
+    Case("llama-beam-beam-zero", lambda i, d: llama_beam(i, d, "--beam", 0), ("--beam 0",), LLAMA_BEAM_OUT),
+    Case("llama-beam-max-contexts-zero", lambda i, d: llama_beam(i, d, "--max_contexts", 0), ("--max_contexts 0",),
+         LLAMA_BEAM_OUT),
+    Case("llama-beam-data-missing", lambda i, d: llama_beam(i, d, "--data", d / "none.jsonl"), ("--data", "not found"),
+         LLAMA_BEAM_OUT),
+    Case("llama-beam-adapter-not-a-folder", lambda i, d: llama_beam(i, d, "--adapter", d / "nothing"),
+         ("--adapter", "adapter_config.json"), LLAMA_BEAM_OUT),
+    Case("llama-beam-pred-unwritable", lambda i, d: llama_beam(i, d, "--output_pred_file", UNWRITABLE),
+         ("--output_pred_file", "cannot write"), ("ref.txt",)),
     Case("mmlu-shots-negative", lambda i, d: py("eval/mmlu.py", "--model_name_or_path", d / "m", "--shots", -1,
                                                 "--output", d / "r.json"), ("--shots -1",), ("r.json",)),
 ]

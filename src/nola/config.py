@@ -415,6 +415,37 @@ class AlpacaTrainConfig:
         validate(self)
 
 
+# The scorers' file layouts (src/gpt2_decode.py, src/llama_beam.py): reference layout, WebNLG category
+# filter, how a context with fewer than --ref_num references is padded.
+REF_TYPES = ("e2e", "webnlg", "dart")
+FILTERS = ("all", "seen", "unseen")
+PADS = ("first", "empty")
+
+
+@dataclass(kw_only=True)
+class CausalDecodeConfig:
+    """src/llama_beam.py: which data-to-text file a causal LM decodes and where the scorers' files go
+    (gpt2_decode.py's layout and flags)."""
+
+    data: str = option(help="formatted jsonl of {context, completion} (e.g. data/e2e/test_formatted.jsonl)")
+    adapter: str | None = option(None, "adapter folder written by llama_ft.py, merged into the base before decoding")
+    batch_size: int = option(10, "distinct contexts decoded together", check=at_least(1))
+    max_contexts: int | None = option(None, "decode only the first N distinct contexts (and write only their "
+                                      "references)", check=at_least(1))
+    output_ref_file: str = option(help="reference file (e2e) or folder (webnlg, dart)")
+    output_pred_file: str = option(help="prediction file, one line per distinct context")
+    ref_type: str = option("e2e", "reference layout", choices=REF_TYPES)
+    ref_num: int = option(4, "number of reference files (webnlg, dart)", check=at_least(1))
+    ref_pad: str = option("first", "webnlg/dart contexts with fewer than --ref_num references: repeat the first "
+                          "reference (the original pipeline) or write empty lines", choices=PADS)
+    tokenize: bool = option(False, "split off every non-word character")
+    lower: bool = option(False, "lower-case references and predictions")
+    filter: str = option("all", "WebNLG: only contexts whose category was seen / unseen in training", choices=FILTERS)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 @dataclass(kw_only=True)
 class MMLUConfig:
     """What eval/mmlu.py scores (Hendrycks et al.'s test/evaluate.py protocol) and where it writes."""

@@ -383,8 +383,14 @@ class AlpacaTrainConfig:
     is one optimiser update over ``per_device_train_batch_size x gradient_accumulation_steps x processes``
     examples, as in the Hugging Face Trainer."""
 
-    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh) or "
-                          "a JSON file of {instruction, input, output} records")
+    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh), "
+                          "a JSON file of {instruction, input, output} records, or a data-to-text file named "
+                          "*_formatted.jsonl (E2E / WebNLG / DART, as create_datasets.sh writes them)")
+    eval_dataset: str | None = option(None, "a file of the same kinds whose validation loss (token-mean NLL of "
+                                      "its targets) is logged every --eval_steps updates and after the last")
+    eval_steps: int | None = option(None, "updates per validation (default: only after the last update)",
+                                    check=at_least(1))
+    per_device_eval_batch_size: int = option(8, "examples per validation batch per process", check=at_least(1))
     output_dir: str | None = option(None, "adapter folder and resume.pt (default: the --resume folder)")
     source_max_len: int = option(1024, "prompt tokens kept (truncated on the right)", check=at_least(1))
     target_max_len: int = option(256, "response tokens kept (truncated on the right)", check=at_least(1))

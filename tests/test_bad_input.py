@@ -117,6 +117,13 @@ def export(i: Inputs, d: Path, *extra: object, card: str | None = None, out: obj
               "--out", out or d / "hf", *extra)
 
 
+def llama_ft(d: Path, *extra: object) -> list[str]:
+    """llama_ft.py with a model folder that passes the checks made before the data is read."""
+    put(d, "m/config.json", "{}")
+    return py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o", "--nola_rank", 8, "--bits",
+              32, *extra)
+
+
 def e2e_score(ref: str, pred: str) -> list[str]:
     return py("eval/e2e/measure_scores.py", ref, pred, "-p")
 
@@ -325,12 +332,33 @@ CASES: list[Case] = [
     # --- LLaMA scripts (they import torch before parsing: a few cases) ---------------------------
     Case("llama-ft-lr-nan", lambda i, d: py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o",
                                             "--nola_rank", 8, "--lr", "nan"), ("--lr nan",), ("o",)),
+    Case("llama-ft-eval-steps-without-eval-dataset", lambda i, d: llama_ft(d, "--eval_steps", 5),
+         ("--eval_steps 5", "--eval_dataset"), ("o",)),
+    Case("llama-ft-eval-steps-zero", lambda i, d: llama_ft(d, "--eval_steps", 0), ("--eval_steps 0",), ("o",)),
+    Case("llama-ft-eval-dataset-missing", lambda i, d: llama_ft(d, "--dataset", _d2t(d), "--eval_dataset",
+                                                                d / "none_formatted.jsonl"),
+         ("--eval_dataset", "none_formatted.jsonl", "no such file"), ("o",)),
+    Case("llama-ft-d2t-not-json", lambda i, d: llama_ft(d, "--dataset", put(d, "x_formatted.jsonl", "{oops\n")),
+         ("x_formatted.jsonl:1", "not valid JSON"), ("o",)),
+    Case("llama-ft-d2t-empty", lambda i, d: llama_ft(d, "--dataset", put(d, "x_formatted.jsonl", "")),
+         ("--dataset", "x_formatted.jsonl", "no records"), ("o",)),
+    Case("llama-ft-d2t-encoded-jsonl", lambda i, d: llama_ft(d, "--dataset", put(d, "valid.jsonl", '{"context": [3], '
+                                                                                 '"completion": [4]}\n')),
+         ("--dataset", "valid.jsonl", "_formatted.jsonl"), ("o",)),
+    Case("llama-ft-eval-d2t-no-completion", lambda i, d: llama_ft(d, "--dataset", _d2t(d), "--eval_dataset",
+                                                                  put(d, "v_formatted.jsonl", '{"context": "a"}\n')),
+         ("v_formatted.jsonl:1", "completion"), ("o",)),
     Case("llama-merge-output-unwritable", lambda i, d: py("src/llama_merge.py", "--model_name_or_path", d / "m",
                                                           "--adapter", d / "a", "--output_dir", UNWRITABLE),
          ("--output_dir", "cannot write")),
     Case("mmlu-shots-negative", lambda i, d: py("eval/mmlu.py", "--model_name_or_path", d / "m", "--shots", -1,
                                                 "--output", d / "r.json"), ("--shots -1",), ("r.json",)),
 ]
+
+
+def _d2t(d: Path) -> str:
+    """A valid data-to-text training file."""
+    return put(d, "train_formatted.jsonl", '{"context": "name : A", "completion": "A ."}\n')
 
 
 def _vocab_not_utf8(d: Path) -> Path:

@@ -379,9 +379,10 @@ class LlamaSource:
 
 @dataclass(kw_only=True)
 class AlpacaTrainConfig:
-    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults); one step
-    is one optimiser update over ``per_device_train_batch_size x gradient_accumulation_steps x processes``
-    examples, as in the Hugging Face Trainer."""
+    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults), or
+    data-to-text on the same loop; one step is one optimiser update over
+    ``per_device_train_batch_size x gradient_accumulation_steps x processes`` examples, as in the
+    Hugging Face Trainer."""
 
     dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh), "
                           "a JSON file of {instruction, input, output} records, or a data-to-text file named "

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from nola.cache import building, cache_root
+
 RECIPE_FILE = "recipe.json"
-
-
-def cache_root() -> Path:
-    """``$NOLA_CACHE``, else ``~/.cache/nola``."""
-    return Path(os.environ.get("NOLA_CACHE") or Path.home() / ".cache" / "nola")
 
 
 def recipe_key(recipe: dict) -> str:
@@ -45,14 +40,8 @@ def cached(name: str, recipe: dict, build: Callable[[Path], None]) -> tuple[Path
     final = root / f"{name}-{recipe_key(recipe)}"
     if (final / RECIPE_FILE).is_file():
         return final, False
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
+    with building(final) as tmp:
         build(tmp)
         (tmp / RECIPE_FILE).write_text(json.dumps(recipe, indent=1, sort_keys=True) + "\n")
-        if not (final / RECIPE_FILE).is_file():  # else a concurrent build finished first: keep that one
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final, True

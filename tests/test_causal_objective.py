@@ -4,27 +4,19 @@ head tied to the embeddings and without, Granite whose logits are scaled after t
 real SmolLM2-135M, for NOLA and LoRA, on right-padded batches of different lengths."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from nola.adapters import inject
 from nola.alpaca import collate
 from nola.causal_data import encode_d2t
-from nola.causal_objective import loss_positions, target_logits, target_nll_sum, with_loss_positions
+from nola.causal_objective import check_target_logits, loss_positions, target_logits, target_nll_sum, with_loss_positions
 from nola.config import LoRAConfig, NOLAConfig
+from nola.errors import UsageError
 from nola.formats import read_e2e
 from nola.lora_inject import inject_lora
 
 RTOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    # replaced by conftest's fetch fixture at merge
-    return Path(os.environ.get("NOLA_SMOLLM2_DIR", "/work/models/smollm2-135m-instruct"))
 
 
 def tiny(kind: str, tied: bool) -> torch.nn.Module:
@@ -96,6 +88,16 @@ def test_loss_positions_are_the_shifted_labels():
     assert targets.tolist() == [7, 8, 5, 6, 9, 4]
 
 
+def test_a_model_without_logits_to_keep_is_refused_in_one_line():
+    class Older(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    with pytest.raises(UsageError, match=r"^Older.forward has no logits_to_keep argument"):
+        check_target_logits(Older())
+    check_target_logits(tiny("llama", True))
+
+
 @pytest.mark.parametrize("kind,tied", [("llama", True), ("llama", False), ("granite", True)])
 @pytest.mark.parametrize("adapter", ["nola", "lora"])
 def test_target_positions_loss_and_gradients_equal_the_models_own(kind, tied, adapter):
@@ -106,11 +108,11 @@ def test_target_positions_loss_and_gradients_equal_the_models_own(kind, tied, ad
 
 
 @pytest.fixture(scope="module")
-def real(smollm2_dir):
+def real(smollm2_dir, mirror):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    records = read_e2e(Path(os.environ.get("NOLA_DATA_MIRROR", "/work/shared")) / "data/e2e/valid.txt")
+    records = read_e2e(mirror / "data/e2e/valid.txt")
     picked = [records[0], records[40], records[400]]  # meaning representations of different lengths
     batch = collate([encode_d2t(r, tok, 1024, 256) for r in picked], pad_id=tok.pad_token_id)
     assert len(set(batch["attention_mask"].sum(1).tolist())) == 3

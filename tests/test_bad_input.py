@@ -123,6 +123,13 @@ def export(i: Inputs, d: Path, *extra: object, card: str | None = None, out: obj
               "--out", out or d / "hf", *extra)
 
 
+def llama_ft(d: Path, *extra: object) -> list[str]:
+    """llama_ft.py with a model folder that passes the checks made before the data is read."""
+    put(d, "m/config.json", "{}")
+    return py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o", "--nola_rank", 8, "--bits",
+              32, *extra)
+
+
 def e2e_score(ref: str, pred: str) -> list[str]:
     return py("eval/e2e/measure_scores.py", ref, pred, "-p")
 
@@ -143,6 +150,22 @@ def raw_json(value: object) -> bytes:
 
 def ok_sample(ids: str) -> str:
     return '{"id": 0, "predict": [464, 3290]}\n' + '{"id": 1, "predict": ' + ids + '}\n'
+
+
+def vit(d: Path, *extra: object, data: Path | None = None) -> list[str]:
+    """src/vit_ft.py on the toy ViT; the case's own image folder unless ``data`` is given."""
+    from scripts.vit.toy_images import draw_dataset
+
+    return py("src/vit_ft.py", "--train_data_path", data or draw_dataset(d / "data", classes=2, train=3, val=1),
+              "--vit", "toy", "--augment", "none", "--device", "cpu", "--num_workers", 0, "--outdir", d / "o", *extra)
+
+
+def vit_damaged(d: Path, split: str, name: str, content: bytes) -> list[str]:
+    from scripts.vit.toy_images import draw_dataset
+
+    data = draw_dataset(d / "data", classes=2, train=3, val=1)
+    put(data / split / "class1", name, content)
+    return vit(d, data=data)
 
 
 FT_RUN = ("run",)
@@ -329,9 +352,35 @@ CASES: list[Case] = [
                                                   put(d, "taken", "x")), ("--root", "is a file")),
     Case("download-mirror-not-folder", lambda i, d: sh("download_pretrained_checkpoints.sh", "gpt2", "--root", d / "r"),
          ("NOLA_DATA_MIRROR",), ("r",), env=(("NOLA_DATA_MIRROR", str(REPO / "README.md")),)),
+    Case("download-smollm2-bad-source", lambda i, d: sh("download_pretrained_checkpoints.sh", "smollm2-135m-instruct",
+                                                        "--source", "ftp", "--root", d / "r"),
+         ("--source", "invalid choice"), ("r",)),
+    Case("download-smollm2-cache-is-file", lambda i, d: sh("download_pretrained_checkpoints.sh", "smollm2-135m-instruct",
+                                                           "--cache", put(d, "taken", "x"), "--root", d / "r"),
+         ("--cache", "is a file"), ("r/pretrained_checkpoints",)),
+    Case("download-smollm2-folder-not-ours", lambda i, d: sh(
+        "download_pretrained_checkpoints.sh", "smollm2-135m-instruct", "--cache", d / "c", "--root",
+        Path(put(d / "r" / "pretrained_checkpoints" / "smollm2-135m-instruct", "config.json", "{}")).parents[2]),
+         ("smollm2-135m-instruct exists but was not made by this fetch", "move it away"), ("c",)),
     # --- LLaMA scripts (they import torch before parsing: a few cases) ---------------------------
     Case("llama-ft-lr-nan", lambda i, d: py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o",
                                             "--nola_rank", 8, "--lr", "nan"), ("--lr nan",), ("o",)),
+    Case("llama-ft-eval-steps-without-eval-dataset", lambda i, d: llama_ft(d, "--eval_steps", 5),
+         ("--eval_steps 5", "--eval_dataset"), ("o",)),
+    Case("llama-ft-eval-steps-zero", lambda i, d: llama_ft(d, "--eval_steps", 0), ("--eval_steps 0",), ("o",)),
+    Case("llama-ft-eval-dataset-missing", lambda i, d: llama_ft(d, "--dataset", _d2t(d), "--eval_dataset",
+                                                                d / "none_formatted.jsonl"),
+         ("--eval_dataset", "none_formatted.jsonl", "no such file"), ("o",)),
+    Case("llama-ft-d2t-not-json", lambda i, d: llama_ft(d, "--dataset", put(d, "x_formatted.jsonl", "{oops\n")),
+         ("x_formatted.jsonl:1", "not valid JSON"), ("o",)),
+    Case("llama-ft-d2t-empty", lambda i, d: llama_ft(d, "--dataset", put(d, "x_formatted.jsonl", "")),
+         ("--dataset", "x_formatted.jsonl", "no records"), ("o",)),
+    Case("llama-ft-d2t-encoded-jsonl", lambda i, d: llama_ft(d, "--dataset", put(d, "valid.jsonl", '{"context": [3], '
+                                                                                 '"completion": [4]}\n')),
+         ("--dataset", "valid.jsonl", "_formatted.jsonl"), ("o",)),
+    Case("llama-ft-eval-d2t-no-completion", lambda i, d: llama_ft(d, "--dataset", _d2t(d), "--eval_dataset",
+                                                                  put(d, "v_formatted.jsonl", '{"context": "a"}\n')),
+         ("v_formatted.jsonl:1", "completion"), ("o",)),
     Case("llama-merge-output-unwritable", lambda i, d: py("src/llama_merge.py", "--model_name_or_path", d / "m",
                                                           "--adapter", d / "a", "--output_dir", UNWRITABLE),
          ("--output_dir", "cannot write")),
@@ -344,9 +393,32 @@ CASES: list[Case] = [
          ("--adapter", "adapter_config.json"), LLAMA_BEAM_OUT),
     Case("llama-beam-pred-unwritable", lambda i, d: llama_beam(i, d, "--output_pred_file", UNWRITABLE),
          ("--output_pred_file", "cannot write"), ("ref.txt",)),
+    # --- src/vit_ft.py -----------------------------------------------------------------------------
+    Case("vit-train-folder-missing", lambda i, d: vit(d, data=d / "none"), ("--train_data_path", "none/train",
+                                                                            "not a folder"), ("o",)),
+    Case("vit-val-folder-missing", lambda i, d: vit(d, "--val_data_path", d / "data" / "train"),
+         ("--val_data_path", "train/val", "not a folder"), ("o",)),
+    Case("vit-class-below-kshot", lambda i, d: vit(d, "--kshot", 4), ("--kshot 4", "class0", "3 images"), ("o",)),
+    Case("vit-image-corrupt", lambda i, d: vit_damaged(d, "val", "broken.png", b"\x89PNG\r\n\x1a\n garbage"),
+         ("broken.png", "not a readable image"), ("o",)),
+    Case("vit-image-truncated", lambda i, d: vit_damaged(d, "train", "cut.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF"),
+         ("cut.jpg", "not a readable image"), ("o",)),
+    Case("vit-class-without-images", lambda i, d: vit_damaged(d, "train", "../class9/notes.txt", b"x"),
+         ("class9", "holds no image"), ("o",)),
+    Case("vit-lr-nan", lambda i, d: vit(d, "--lr", "nan"), ("--lr nan", "finite"), ("o",)),
+    Case("vit-min-lr-above-lr", lambda i, d: vit(d, "--lr", 1e-4, "--min_lr", 1e-3), ("--min_lr",), ("o",)),
+    Case("vit-fp16-on-cpu", lambda i, d: vit(d, "--fp16"), ("--fp16", "CUDA"), ("o",)),
+    Case("vit-batch-above-images", lambda i, d: vit(d, "--batch_size", 7), ("--batch_size 7",), ("o",)),
+    Case("vit-outdir-unwritable", lambda i, d: vit(d)[:-2] + ["--outdir", UNWRITABLE], ("--outdir", "cannot write")),
+    Case("vit-resume-missing", lambda i, d: vit(d, "--resume", d / "gone"), ("resume.pt",), ("o",)),
     Case("mmlu-shots-negative", lambda i, d: py("eval/mmlu.py", "--model_name_or_path", d / "m", "--shots", -1,
                                                 "--output", d / "r.json"), ("--shots -1",), ("r.json",)),
 ]
+
+
+def _d2t(d: Path) -> str:
+    """A valid data-to-text training file."""
+    return put(d, "train_formatted.jsonl", '{"context": "name : A", "completion": "A ."}\n')
 
 
 def _vocab_not_utf8(d: Path) -> Path:

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from nola.errors import fail
 
-DATASETS = ("e2e", "webnlg", "dart")
+DATASETS = ("e2e", "webnlg", "dart", "cifar100", "cub200", "caltech101")
+VIT_DATASETS = DATASETS[3:]  # k-shot classification (scripts/paper/vit_*.sh): accuracy, mean and std over runs
 # dataset -> [(metric key, factor from scorer output to the papers' units, decimals shown)]
 METRICS: dict[str, list[tuple[str, float, int]]] = {
     "e2e": [("BLEU", 100, 1), ("NIST", 1, 2), ("METEOR", 100, 1), ("ROUGE_L", 100, 1), ("CIDEr", 1, 2)],
     "dart": [("BLEU", 1, 1), ("METEOR", 1, 2), ("TER", 1, 2)],
     "webnlg": [(f"{metric}_{part}", 1, places)
                for metric, places in (("BLEU", 1), ("METEOR", 2), ("TER", 2)) for part in "USA"],
+    **{name: [("ACC", 100, 1), ("ACC_STD", 100, 1)] for name in VIT_DATASETS},
 }
 # WebNLG test subsets: U = unseen categories, S = seen, A = all (the papers' column order).
 WEBNLG_PARTS = ("U", "S", "A")

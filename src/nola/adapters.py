@@ -8,8 +8,9 @@ delta to its output columns), and the model a forward pre-hook that mixes every 
 once per call. The forked GPT-2 of :mod:`nola.model` is adapted by this same function.
 
 Targets are module names: a leaf name (``q_proj``, ``query``, ...) adapts every module with that
-name; GPT-2's roles (:data:`GPT2_ROLES`) name a slice of a fused projection (``attn_q`` is the
-first third of ``attn.c_attn``'s outputs).
+name; the roles of :data:`GPT2_ROLES` and :data:`TIMM_VIT_ROLES` name a slice of a fused projection
+(``attn_q`` is the first third of GPT-2's ``attn.c_attn`` outputs, ``qkv_v`` the last third of a
+timm ViT's ``attn.qkv``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ GPT2_ROLES = {
     "mlp_fc": ("mlp.c_fc", 0, 1),
     "mlp_proj": ("mlp.c_proj", 0, 1),
 }
+# The same for timm's VisionTransformer blocks (``blocks.N``): q and v are the first and last thirds of
+# the fused ``attn.qkv`` (nn.Linear, output ordered q, k, v as timm's Attention reshapes it).
+TIMM_VIT_ROLES = {
+    "qkv_q": ("attn.qkv", 0, 3),
+    "qkv_v": ("attn.qkv", 2, 3),
+    "mlp_fc1": ("mlp.fc1", 0, 1),
+    "mlp_fc2": ("mlp.fc2", 0, 1),
+}
+ROLES = {**GPT2_ROLES, **TIMM_VIT_ROLES}
 ADAPTER_PREFIX = "nola."
 
 
@@ -64,7 +74,7 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, list[tuple[n
     A target whose modules differ in shape becomes one role per shape (``name_<in>x<out>``)."""
     found: dict[str, list] = {}
     for target in targets:
-        suffix, part, parts = GPT2_ROLES.get(target, (target, 0, 1))
+        suffix, part, parts = ROLES.get(target, (target, 0, 1))
         by_shape: dict[tuple[int, int], list] = {}
         for name, module in model.named_modules():
             layout = None if not (name == suffix or name.endswith("." + suffix)) else _layout(module)

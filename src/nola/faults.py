@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator, NoReturn
 import torch.distributed as dist
 
 from nola.distributed import DistContext, cleanup
+from nola.fileio import NO_SPACE
 from nola.log import get_logger
 
 log = get_logger(__name__)
 FAULT_STATUS = 1
-NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # EFBIG: a file-size limit (RLIMIT_FSIZE)
 
 
 class Terminated(KeyboardInterrupt):

@@ -158,6 +158,15 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         raise
 
 
+def start_log(path: str | os.PathLike, resumed_step: int | None) -> None:
+    """An empty ``log.jsonl`` for a fresh run; for a resumed one the log trimmed to ``resumed_step``."""
+    if resumed_step is None:
+        with atomic_open(path):
+            pass
+    else:
+        trim_log(path, resumed_step)
+
+
 def trim_log(path: str | os.PathLike, step: int) -> None:
     """Drop ``log.jsonl`` rows after ``step`` (written after the last checkpoint, before the stop),
     and a torn last row (a crash mid-append) with a warning; a bad row before the last is an error."""

@@ -116,3 +116,23 @@ def test_the_e2e_scorer_reads_the_cli_files(decoded, repo):
     assert scored.returncode == 0, scored.stderr
     report = json.loads(scored.stdout)
     assert report["outputs"] == 2 and set(report["scores"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
+
+
+@pytest.mark.slow
+def test_on_smollm2_batched_contexts_of_different_lengths_equal_one_at_a_time(smollm2_dir, mirror):
+    """The real tokenizer and 30-layer model: two E2E prompts of different lengths share a left-padded
+    batch and give what each gives alone; both stop at SmolLM2's EOS or run to eval_len."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nola.d2t import eos_id, prompt_ids
+    from nola.formats import read_e2e
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    mrs = list(dict.fromkeys(r["context"] for r in read_e2e(mirror / "data" / "e2e" / "test.txt")))
+    queries = [prompt_ids(tok, mrs[0]), prompt_ids(tok, mrs[2])]
+    assert len(queries[0]) != len(queries[1])
+    settings = BeamSettings(beam=4, eval_len=8, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(eos_id(tok),))
+    alone = [beam_search(model, [q], settings)[0] for q in queries]
+    assert decode_contexts(model, queries, settings, batch_size=2) == alone
+    assert all(len(p) == 8 or p[-1] == eos_id(tok) for p in alone)

@@ -65,20 +65,23 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
 
 
 def interleaved_times(systems: dict[str, Callable[[int], object]], rounds: int,
-                      device: torch.device = torch.device("cpu"), warmup: bool = True) -> dict[str, list[float]]:
-    """Wall times of each system in every round ``r`` (called as ``fn(r)``), the systems taking
+                      device: torch.device = torch.device("cpu"), warmup: bool = True,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Times of each system in every round ``r`` (called as ``fn(r)``), the systems taking
     turns within every round so that a slow spell of the machine hits them all alike; with
-    ``warmup`` one untimed run each (``fn(0)``) first."""
+    ``warmup`` one untimed run each (``fn(0)``) first. ``clock``: wall time by default;
+    ``time.process_time`` counts this process's CPU seconds, which a crowded machine's waits for a
+    core do not inflate."""
     for fn in systems.values() if warmup else ():
         fn(0)
     times: dict[str, list[float]] = {name: [] for name in systems}
     for r in range(rounds):
         for name, fn in systems.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn(r)
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

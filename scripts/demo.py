@@ -1,55 +1,52 @@
-"""The paper's pipeline in miniature: adapt a GPT-2 to E2E with NOLA and score it against the unadapted base.
+"""NOLA on real pre-trained weights, on a CPU: adapt SmolLM2-135M-Instruct to E2E and score it against
+the unadapted model.
 
-Default: a small GPT-2 pre-trained on the WebNLG dev pairs and the E2E valid references (built once,
-cached; see scripts/pretrain.py). ``--gpt2 sm|md|lg``: the real GPT-2 from pretrained_checkpoints/. Either way the
-adaptation runs the paper's command chain — torch.distributed.launch → src/gpt2_ft.py →
-src/gpt2_beam.py → src/gpt2_decode.py → eval/e2e/measure_scores.py — on E2E MRs, and the base
-without adapter goes through the same beam search, decoding and scoring.
+The chain is the one a user runs by hand: ``download_pretrained_checkpoints.sh smollm2-135m-instruct``
+(cached) → ``create_datasets.sh`` → ``src/llama_ft.py`` (NOLA on q_proj and v_proj, trained on E2E
+valid MRs) → ``src/llama_beam.py`` (beam 10, length penalty 0.8, no-repeat 4; reference and prediction
+files in gpt2_decode.py's layout) → ``eval/e2e/measure_scores.py``; the unadapted model goes through
+the same generation and scoring on the same test MRs.
 
-    bash scripts/demo.sh [--gpt2 sm|md|lg] [--out DIR]
+    bash scripts/demo.sh [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nola.errors import fail, run_cli
+from nola.errors import run_cli
+from nola.fileio import check_writable
 from nola.formats import read_formatted
 
 REPO = Path(__file__).resolve().parents[1]
-
+MODEL = "smollm2-135m-instruct"
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
-GPT2_FILES = {"sm": "gpt2-pytorch_model.bin", "md": "gpt2-medium-pytorch_model.bin",
-              "lg": "gpt2-large-pytorch_model.bin"}
-GPT2_NAMES = {"sm": "gpt2", "md": "gpt2-medium", "lg": "gpt2-large"}
+TARGETS = "q_proj,v_proj"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one demo adapts and how long: the E2E valid split gives the training MRs (first
-    ``train_contexts``) and the validation MRs (the next ``valid_contexts``); the first
-    ``test_contexts`` MRs of the test split are decoded and scored."""
+    """The demo's recipe. Training MRs are the first ``train_contexts`` of the E2E valid split (all
+    their references), validation the next ``valid_contexts``; the first ``test_contexts`` MRs of the
+    test split are generated and scored."""
 
-    num_basis: int
-    steps: int
-    seq_len: int
+    rank: int = 8
+    num_basis: int = 256
+    steps: int = 40
+    batch: int = 8
+    lr: float = 0.02
     train_contexts: int = 500
     valid_contexts: int = 20
     test_contexts: int = 40
-    batch: int = 8
-    lr: float = 0.1
-    warmup: int = 30
 
 
-TINY = Plan(num_basis=100, steps=300, seq_len=96)  # validation loss 2.850 at step 150, 2.842 at 300
-REAL = Plan(num_basis=1000, steps=300, seq_len=128)  # the paper's k=l=1000 on q and v
+PLAN = Plan()
 
 
 class Stages:
@@ -79,10 +76,6 @@ class Stages:
         return log
 
 
-def launch(script: str, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=1", f"src/{script}", *flags]
-
-
 def subsets(stages: Stages, e2e: Path, plan: Plan) -> None:
     py, sub = sys.executable, "scripts/subset.py"
     pieces = [("valid", 0, plan.train_contexts, "demo_train"),
@@ -94,108 +87,82 @@ def subsets(stages: Stages, e2e: Path, plan: Plan) -> None:
     stages.run("subsets", ["bash", "-c", script])
 
 
-def beam_decode_score(stages: Stages, name: str, card: str, ckpt: Path, out: Path, e2e: Path, vocab: Path) -> dict:
-    """gpt2_beam.py → gpt2_decode.py → measure_scores.py for one checkpoint; the scores."""
+def generate_and_score(stages: Stages, name: str, model: Path, adapter: Path | None, e2e: Path, out: Path) -> dict:
+    """llama_beam.py → measure_scores.py for the model (with ``adapter``, merged, or without); the scores."""
     run = out / name
-    stages.run(f"beam_{name}", launch(
-        "gpt2_beam.py", "--data", str(e2e / "demo_test.jsonl"), "--batch_size", "10", "--seq_len", "128",
-        "--eval_len", "64", "--model_card", card, "--init_checkpoint", str(ckpt), "--platform", "local",
-        "--beam", "10", "--length_penalty", "0.8", "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0",
-        "--eos_token_id", "628", "--work_dir", str(run), "--output_file", "predict.jsonl"))
-    stages.run(f"decode_{name}", [sys.executable, "src/gpt2_decode.py", "--vocab", str(vocab),
-                                  "--sample_file", str(run / "predict.jsonl"),
-                                  "--input_file", str(e2e / "demo_test_formatted.jsonl"),
-                                  "--output_ref_file", str(run / "e2e_ref.txt"),
-                                  "--output_pred_file", str(run / "e2e_pred.txt")])
+    flags = ["--adapter", str(adapter)] if adapter else []
+    stages.run(f"generate_{name}", [
+        sys.executable, "src/llama_beam.py", "--model_name_or_path", str(model), "--bits", "32", *flags,
+        "--data", str(e2e / "demo_test_formatted.jsonl"), "--batch_size", "10", "--beam", "10",
+        "--length_penalty", "0.8", "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eval_len", "64",
+        "--output_ref_file", str(run / "e2e_ref.txt"), "--output_pred_file", str(run / "e2e_pred.txt")])
     scores = run / "scores.json"
     stages.run(f"score_{name}", [sys.executable, "eval/e2e/measure_scores.py", str(run / "e2e_ref.txt"),
                                  str(run / "e2e_pred.txt"), "-p", "--json"], stdout=scores)
     return json.loads(scores.read_text())["scores"]
 
 
-def examples(e2e: Path, out: Path, count: int = 3) -> list[tuple[str, str, str, str]]:
-    """(MR, first reference, NOLA output, base output) of the first ``count`` test MRs."""
-    mrs = list(dict.fromkeys(r["context"] for r in read_formatted(e2e / "demo_test_formatted.jsonl")))
+def restaurant(context: str) -> str:
+    """The ``name`` slot of an E2E MR (``name : Blue Spice | Type : ...``)."""
+    for slot in context.split("|"):
+        key, _, value = slot.partition(":")
+        if key.strip() == "name":
+            return value.strip()
+    return ""
+
+
+def report(model: Path, adapter: Path, scores: dict, e2e: Path, out: Path, plan: Plan) -> None:
+    from nola.sizes import causal_adapter_size
+
+    contexts = list(dict.fromkeys(r["context"] for r in read_formatted(e2e / "demo_test_formatted.jsonl")))
     refs = [group.splitlines()[0] for group in (out / "nola" / "e2e_ref.txt").read_text().strip().split("\n\n")]
     nola = (out / "nola" / "e2e_pred.txt").read_text().splitlines()
     base = (out / "base" / "e2e_pred.txt").read_text().splitlines()
-    return list(zip(mrs, refs, nola, base))[:count]
-
-
-def report(card: str, base_ckpt: Path, ckpt: Path, train_log: Path, scores: dict, e2e: Path, out: Path,
-           plan: Plan) -> None:
-    from nola.build import model_config
-    from nola.fileio import sha256_file
-    from nola.layers import LoRAConfig
-    from nola.sizes import adapter_file_bytes
-
-    print(f"\nE2E test, first {plan.test_contexts} MRs (beam 10, length penalty 0.8, no-repeat 4):")
-    print(f"  {'metric':<8} {'unadapted base':>15} {'NOLA':>10}")
+    print(f"\nE2E test, first {len(contexts)} MRs (beam 10, length penalty 0.8, no-repeat 4):")
+    print(f"  {'metric':<8} {'unadapted':>10} {'NOLA':>10}")
     for metric in METRICS:
-        print(f"  {metric:<8} {scores['base'][metric]:>15.4f} {scores['nola'][metric]:>10.4f}")
-    found = re.findall(r"trainable parameters: (.*)", train_log.read_text(encoding="utf-8"))
-    print(f"trained parameters: {found[-1] if found else '(not found in ' + str(train_log) + ')'}")
-    lora_bytes, lora_params = adapter_file_bytes(model_config(card), LoRAConfig(dim=4, alpha=32.0),
-                                                 str(base_ckpt), sha256_file(base_ckpt))
-    size = ckpt.stat().st_size
-    print(f"adapter file: {ckpt} {size:,} bytes; LoRA r=4 on the same q, v would write "
-          f"{lora_bytes:,} bytes ({lora_params:,} parameters), {lora_bytes / size:.1f}x as many")
-    for mr, ref, nola, base in examples(e2e, out):
-        print(f"\n  MR:        {mr}\n  reference: {ref}\n  NOLA:      {nola}\n  base:      {base}")
+        print(f"  {metric:<8} {scores['base'][metric]:>10.4f} {scores['nola'][metric]:>10.4f}")
+    for label, outputs in (("NOLA", nola), ("unadapted", base)):
+        named = sum(bool(restaurant(c)) and restaurant(c) in text for c, text in zip(contexts, outputs))
+        print(f"outputs naming the MR's restaurant: {label} {named}/{len(contexts)}")
+    nola_bytes = sum(f.stat().st_size for f in adapter.iterdir() if f.name.startswith("adapter_"))
+    nola_params = causal_adapter_size(model, adapter_dir=adapter)[1]
+    lora_bytes, lora_params = causal_adapter_size(model, lora_rank=plan.rank, targets=TARGETS.split(","))
+    print(f"trained parameters: NOLA {nola_params:,} (r={plan.rank}, k=l={plan.num_basis} on {TARGETS}); "
+          f"LoRA r={plan.rank} on the same projections: {lora_params:,} ({lora_params / nola_params:.0f}x)")
+    print(f"adapter files: NOLA {nola_bytes:,} bytes ({adapter}); LoRA r={plan.rank} would write {lora_bytes:,} "
+          f"bytes ({lora_bytes / nola_bytes:.0f}x)")
+    for context, ref, adapted, unadapted in list(zip(contexts, refs, nola, base))[:3]:
+        print(f"\n  MR:        {context}\n  reference: {ref}\n  NOLA:      {adapted}\n  unadapted: {unadapted}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpt2", choices=sorted(GPT2_FILES), default=None,
-                        help="adapt the real GPT-2 S/M/L from pretrained_checkpoints/ instead of the small cached base")
-    parser.add_argument("--checkpoints", default=str(REPO / "pretrained_checkpoints"),
-                        help="folder holding the GPT-2 files of download_pretrained_checkpoints.sh")
     parser.add_argument("--out", default=os.environ.get("DEMO_DIR", str(REPO / "demo_run")),
                         help="work folder (default: $DEMO_DIR, else ./demo_run)")
     args = parser.parse_args()
     start = time.perf_counter()
-    if args.gpt2:
-        base_ckpt = Path(args.checkpoints).resolve() / GPT2_FILES[args.gpt2]
-        if not base_ckpt.is_file():
-            fail(f"{base_ckpt} not found: run `bash download_pretrained_checkpoints.sh {GPT2_NAMES[args.gpt2]}` "
-                 "first (or pass --checkpoints DIR)")
-    out = Path(args.out).resolve()
-    plan = REAL if args.gpt2 else TINY
-    stages = Stages(out / "logs", total=9 if args.gpt2 else 10)
+    check_writable(args.out, "--out", folder=True)
+    out, plan = Path(args.out).resolve(), PLAN
+    stages = Stages(out / "logs", total=8)
+    stages.run("model", ["bash", "download_pretrained_checkpoints.sh", MODEL])
+    model = REPO / "pretrained_checkpoints" / MODEL
     stages.run("datasets", ["bash", "create_datasets.sh", str(out)])
     e2e = out / "data" / "e2e"
     subsets(stages, e2e, plan)
-    if args.gpt2:
-        card = f"gpt2.{args.gpt2}"
-        origin = f"GPT-2 {args.gpt2.upper()} ({base_ckpt.name})"
-    else:
-        from scripts.pretrain import pretrained_base
-
-        stages.n += 1
-        print(f"== [{stages.n}/{stages.total}] base (a small GPT-2 pre-trained on WebNLG dev pairs + E2E valid references)",
-              flush=True)
-        t0 = time.perf_counter()
-        base = pretrained_base(out, out)
-        card, base_ckpt = str(base.card), base.checkpoint
-        origin = f"small GPT-2 {'built now' if base.built_now else 'reused'} ({base.folder})"
-        print(f"   {'built' if base.built_now else 'reused'} in {time.perf_counter() - t0:.0f} s: {base.folder}",
-              flush=True)
     work = out / "nola"
-    train_log = stages.run("train", launch(
-        "gpt2_ft.py", "--train_data", str(e2e / "demo_train.jsonl"), "--valid_data", str(e2e / "demo_valid.jsonl"),
-        "--train_batch_size", str(plan.batch), "--grad_acc", "1", "--valid_batch_size", "8",
-        "--seq_len", str(plan.seq_len), "--model_card", card, "--init_checkpoint", str(base_ckpt),
-        "--platform", "local", "--clip", "0.0", "--lr", str(plan.lr), "--weight_decay", "0.0", "--correct_bias",
-        "--adam_beta2", "0.999", "--scheduler", "linear", "--warmup_step", str(plan.warmup),
-        "--max_step", str(plan.steps), "--save_interval", str(10 * plan.steps),
-        "--log_interval", str(plan.steps // 6), "--eval_interval", str(plan.steps // 2),
-        "--nola_rank", "8", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", str(plan.num_basis),
-        "--label_smooth", "0.1", "--work_dir", str(work), "--overwrite", "--random_seed", "110"))
-    ckpt = work / f"model.{plan.steps}.pt"
-    scores = {name: beam_decode_score(stages, name, card, path, out, e2e, out / "vocab")
-              for name, path in (("nola", ckpt), ("base", base_ckpt))}
-    print(f"\n== demo finished in {time.perf_counter() - start:.0f} s; base: {origin}")
-    report(card, base_ckpt, ckpt, train_log, scores, e2e, out, plan)
+    stages.run("train", [
+        sys.executable, "src/llama_ft.py", "--model_name_or_path", str(model), "--bits", "32",
+        "--dataset", str(e2e / "demo_train_formatted.jsonl"), "--eval_dataset", str(e2e / "demo_valid_formatted.jsonl"),
+        "--eval_steps", str(plan.steps // 2), "--target_modules", TARGETS, "--nola_rank", str(plan.rank),
+        "--nola_num_basis", str(plan.num_basis), "--per_device_train_batch_size", str(plan.batch),
+        "--gradient_accumulation_steps", "1", "--max_steps", str(plan.steps), "--lr", str(plan.lr),
+        "--max_grad_norm", "0", "--logging_steps", str(plan.steps // 4), "--save_steps", str(plan.steps),
+        "--output_dir", str(work), "--overwrite"])
+    scores = {name: generate_and_score(stages, name, model, adapter, e2e, out)
+              for name, adapter in (("nola", work), ("base", None))}
+    print(f"\n== demo finished in {time.perf_counter() - start:.0f} s; model: {model}")
+    report(model, work, scores, e2e, out, plan)
     print(f"\nloss curves: python scripts/plot_log.py {work}")
 
 

@@ -1,4 +1,4 @@
-"""Instruction-tune a LLaMA-2 (any transformers causal LM) with NOLA, qNOLA or LoRA on Alpaca.
+"""Fine-tune a LLaMA-2 (any transformers causal LM) with NOLA, qNOLA or LoRA on Alpaca or data-to-text.
 
 UCDvision/NOLA's llama/qlora.py recipe (Alpaca prompt, loss on the response, 4-bit NF4 base on
 CUDA); run it under plain ``python``, ``python -m torch.distributed.launch`` or ``torchrun``:
@@ -6,6 +6,10 @@ CUDA); run it under plain ``python``, ``python -m torch.distributed.launch`` or 
     python src/llama_ft.py --model_name_or_path meta-llama/Llama-2-7b-hf --dataset alpaca \\
         --nola_rank 16 --nola_c 4 --nola_num_basis 512 --bits 4 --bf16 --gradient_checkpointing \\
         --output_dir ./trained_models/llama2_7b_alpaca_nola
+
+A ``--dataset`` named ``*_formatted.jsonl`` (E2E / WebNLG / DART as create_datasets.sh writes them) trains
+data-to-text with :mod:`nola.d2t`'s prompt (see :mod:`nola.causal_data`); ``--eval_dataset`` logs a
+validation loss.
 """
 from __future__ import annotations
 

@@ -95,6 +95,12 @@ def ft(i: Inputs, d: Path, *extra: object, card: str | None = None) -> list[str]
               card or i.card, "--max_step", 1, "--seq_len", 64, "--work_dir", d / "run", *extra)
 
 
+def llama_beam(i: Inputs, d: Path, *extra: object) -> list[str]:
+    """src/llama_beam.py on the shared formatted file, writing into the case folder, with ``extra`` last."""
+    return py("src/llama_beam.py", "--model_name_or_path", d / "m", "--data", i.formatted,
+              "--output_ref_file", d / "ref.txt", "--output_pred_file", d / "pred.txt", *extra)
+
+
 def beam(i: Inputs, d: Path, *extra: object, data: str | None = None) -> list[str]:
     return py("src/gpt2_beam.py", "--data", data or i.encoded, "--model_card", i.card, "--seq_len", 64,
               "--eval_len", 16, "--work_dir", d / "out", *extra)
@@ -115,6 +121,13 @@ def encode(i: Inputs, d: Path, *, src: str | None = None, out: object = None, vo
 def export(i: Inputs, d: Path, *extra: object, card: str | None = None, out: object = None) -> list[str]:
     return py("src/export_hf.py", "--model_card", card or i.card, "--init_checkpoint", d / "model.pt",
               "--out", out or d / "hf", *extra)
+
+
+def llama_ft(d: Path, *extra: object) -> list[str]:
+    """llama_ft.py with a model folder that passes the checks made before the data is read."""
+    put(d, "m/config.json", "{}")
+    return py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o", "--nola_rank", 8, "--bits",
+              32, *extra)
 
 
 def e2e_score(ref: str, pred: str) -> list[str]:
@@ -157,6 +170,7 @@ def vit_damaged(d: Path, split: str, name: str, content: bytes) -> list[str]:
 
 FT_RUN = ("run",)
 BEAM_OUT = ("out",)
+LLAMA_BEAM_OUT = ("ref.txt", "pred.txt")
 DECODE_OUT = ("ref.txt", "pred.txt")
 
 CASES: list[Case] = [
@@ -351,9 +365,34 @@ CASES: list[Case] = [
     # --- LLaMA scripts (they import torch before parsing: a few cases) ---------------------------
     Case("llama-ft-lr-nan", lambda i, d: py("src/llama_ft.py", "--model_name_or_path", d / "m", "--output_dir", d / "o",
                                             "--nola_rank", 8, "--lr", "nan"), ("--lr nan",), ("o",)),
+    Case("llama-ft-eval-steps-without-eval-dataset", lambda i, d: llama_ft(d, "--eval_steps", 5),
+         ("--eval_steps 5", "--eval_dataset"), ("o",)),
+    Case("llama-ft-eval-steps-zero", lambda i, d: llama_ft(d, "--eval_steps", 0), ("--eval_steps 0",), ("o",)),
+    Case("llama-ft-eval-dataset-missing", lambda i, d: llama_ft(d, "--dataset", _d2t(d), "--eval_dataset",
+                                                                d / "none_formatted.jsonl"),
+         ("--eval_dataset", "none_formatted.jsonl", "no such file"), ("o",)),
+    Case("llama-ft-d2t-not-json", lambda i, d: llama_ft(d, "--dataset", put(d, "x_formatted.jsonl", "{oops\n")),
+         ("x_formatted.jsonl:1", "not valid JSON"), ("o",)),
+    Case("llama-ft-d2t-empty", lambda i, d: llama_ft(d, "--dataset", put(d, "x_formatted.jsonl", "")),
+         ("--dataset", "x_formatted.jsonl", "no records"), ("o",)),
+    Case("llama-ft-d2t-encoded-jsonl", lambda i, d: llama_ft(d, "--dataset", put(d, "valid.jsonl", '{"context": [3], '
+                                                                                 '"completion": [4]}\n')),
+         ("--dataset", "valid.jsonl", "_formatted.jsonl"), ("o",)),
+    Case("llama-ft-eval-d2t-no-completion", lambda i, d: llama_ft(d, "--dataset", _d2t(d), "--eval_dataset",
+                                                                  put(d, "v_formatted.jsonl", '{"context": "a"}\n')),
+         ("v_formatted.jsonl:1", "completion"), ("o",)),
     Case("llama-merge-output-unwritable", lambda i, d: py("src/llama_merge.py", "--model_name_or_path", d / "m",
                                                           "--adapter", d / "a", "--output_dir", UNWRITABLE),
          ("--output_dir", "cannot write")),
+    Case("llama-beam-beam-zero", lambda i, d: llama_beam(i, d, "--beam", 0), ("--beam 0",), LLAMA_BEAM_OUT),
+    Case("llama-beam-max-contexts-zero", lambda i, d: llama_beam(i, d, "--max_contexts", 0), ("--max_contexts 0",),
+         LLAMA_BEAM_OUT),
+    Case("llama-beam-data-missing", lambda i, d: llama_beam(i, d, "--data", d / "none.jsonl"), ("--data", "not found"),
+         LLAMA_BEAM_OUT),
+    Case("llama-beam-adapter-not-a-folder", lambda i, d: llama_beam(i, d, "--adapter", d / "nothing"),
+         ("--adapter", "adapter_config.json"), LLAMA_BEAM_OUT),
+    Case("llama-beam-pred-unwritable", lambda i, d: llama_beam(i, d, "--output_pred_file", UNWRITABLE),
+         ("--output_pred_file", "cannot write"), ("ref.txt",)),
     # --- src/vit_ft.py -----------------------------------------------------------------------------
     Case("vit-train-folder-missing", lambda i, d: vit(d, data=d / "none"), ("--train_data_path", "none/train",
                                                                             "not a folder"), ("o",)),
@@ -375,6 +414,11 @@ CASES: list[Case] = [
     Case("mmlu-shots-negative", lambda i, d: py("eval/mmlu.py", "--model_name_or_path", d / "m", "--shots", -1,
                                                 "--output", d / "r.json"), ("--shots -1",), ("r.json",)),
 ]
+
+
+def _d2t(d: Path) -> str:
+    """A valid data-to-text training file."""
+    return put(d, "train_formatted.jsonl", '{"context": "name : A", "completion": "A ."}\n')
 
 
 def _vocab_not_utf8(d: Path) -> Path:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset
 
 from nola.errors import fail
 from nola.textio import read_text
@@ -36,35 +35,39 @@ def alpaca_prompt(record: dict) -> str:
     return template.format(instruction=record["instruction"], input=record.get("input", ""))
 
 
-def dataset_path(dataset: str) -> Path:
-    """``--dataset``: ``alpaca`` (the downloaded file) or a path to a JSON file."""
+def dataset_path(dataset: str, flag: str = "--dataset") -> Path:
+    """``flag``'s value: ``alpaca`` (the downloaded file) or a path to a JSON file."""
     if dataset == "alpaca":
         path = Path(ALPACA_FILE)
         if not path.is_file():
-            fail(f"--dataset alpaca: {path} is missing: run `bash scripts/llama/download_data.sh` in this folder, "
-                 f"or pass --dataset PATH.json")
+            fail(f"{flag} alpaca: {path} is missing: run `bash scripts/llama/download_data.sh` in this folder, "
+                 f"or pass {flag} PATH.json")
         return path
     path = Path(dataset)
     if not path.is_file():
-        fail(f"--dataset {dataset}: no such file; give alpaca or a JSON file of {{instruction, input, output}} records")
+        fail(f"{flag} {dataset}: no such file; give alpaca, a JSON file of {{instruction, input, output}} "
+             f"records or a data-to-text *_formatted.jsonl")
     return path
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
+def read_records(path: str | os.PathLike, flag: str = "--dataset") -> list[dict]:
     """The records of an Alpaca-format JSON list (or JSON lines); one-line errors for bad files."""
-    text = read_text(path, "--dataset")
+    text = read_text(path, flag)
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
             json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
-        fail(f"--dataset {path}: not valid JSON ({exc}); give a list of {{instruction, input, output}} records")
+        fail(f"{flag} {path}: not valid JSON ({exc}); give a list of {{instruction, input, output}} records")
     for index, record in enumerate(records):
+        if isinstance(record, dict) and "context" in record and "completion" in record:
+            fail(f"{flag} {path}: record {index} is a data-to-text record, read only from a file named "
+                 f"*_formatted.jsonl (text, as create_datasets.sh writes it; not the GPT-2-encoded .jsonl)")
         if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
                 or not isinstance(record.get("output"), str) or not isinstance(record.get("input", ""), str):
-            fail(f"--dataset {path}: record {index} lacks a string 'instruction' and 'output' "
+            fail(f"{flag} {path}: record {index} lacks a string 'instruction' and 'output' "
                  f"('input' optional); fix the file")
     if not records:
-        fail(f"--dataset {path}: no records")
+        fail(f"{flag} {path}: no records")
     return records
 
 
@@ -75,20 +78,6 @@ def encode(record: dict, tokenizer, source_max_len: int, target_max_len: int) ->
     src = tokenizer(source, max_length=source_max_len, truncation=True, add_special_tokens=False)["input_ids"]
     tgt = tokenizer(target, max_length=target_max_len, truncation=True, add_special_tokens=False)["input_ids"]
     return src + tgt, [IGNORE_INDEX] * len(src) + tgt
-
-
-class AlpacaDataset(Dataset):
-    """Records tokenised on access (``(input ids, labels)`` per item)."""
-
-    def __init__(self, records: Sequence[dict], tokenizer, source_max_len: int, target_max_len: int) -> None:
-        self.records, self.tokenizer = list(records), tokenizer
-        self.source_max_len, self.target_max_len = source_max_len, target_max_len
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[list[int], list[int]]:
-        return encode(self.records[index], self.tokenizer, self.source_max_len, self.target_max_len)
 
 
 def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -18,6 +18,10 @@ example (not once per beam), contexts of different lengths share a batch through
 a key mask, and an example stops as soon as no kept hypothesis can still beat its best candidate
 (every later candidate extends a kept hypothesis, so its score is at most
 ``max_kept_sum / L ** length_penalty`` for some remaining length ``L``).
+
+The rule is written once and drives any model through :class:`Steps` (run the contexts; keep some
+cache rows and append one token per row): the forked GPT-2 (:class:`ForkSteps`, its list of key/value
+pairs) and any ``transformers`` causal LM (:class:`CausalLMSteps`, its ``DynamicCache``).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +41,7 @@ from nola.distributed import DistContext, gather_objects
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.log import get_logger
-from nola.model import GPT2LMModel, Past
+from nola.model import GPT2LMModel
 
 log = get_logger(__name__)
 
@@ -98,18 +102,78 @@ def _left_pad(queries: Sequence[Sequence[int]], device: torch.device):
     return ids.to(device), (cols - pad).clamp(min=0).to(device), (cols >= pad).to(device), lens.to(device)
 
 
-@torch.no_grad()
-def beam_search(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: BeamSettings) -> list[list[int]]:
-    """Decode every context of ``queries`` together; return each one's best hypothesis (token ids,
-    ending with its EOS when it finished before ``eval_len``). Results do not depend on batching."""
+class Steps(Protocol):
+    """A model's forward passes as the rule needs them; the object keeps the KV cache of the live rows."""
+
+    def context(self, ids: torch.Tensor, position_ids: torch.Tensor | None,
+                key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Run the left-padded contexts (``key_mask``: False at padding; None when there is none);
+        return float logits (rows, vocab) at every row's last position."""
+
+    def extend(self, select: torch.Tensor, tokens: torch.Tensor, position_ids: torch.Tensor,
+               key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Keep cache rows ``select`` (in that order, repeats allowed), append ``tokens`` (rows, 1) at
+        ``position_ids`` (rows, 1); return float logits (rows, vocab) of the new position."""
+
+
+class ForkSteps:
+    """:class:`Steps` of the forked GPT-2 (its cache: one (key, value) pair per layer)."""
+
+    def __init__(self, model: GPT2LMModel) -> None:
+        self.model, self.past = model, None
+
+    def context(self, ids, position_ids, key_mask):
+        logits, self.past = self.model(ids, position_ids=position_ids, key_mask=key_mask, last_only=True)
+        return logits[:, -1].float()
+
+    def extend(self, select, tokens, position_ids, key_mask):
+        past = [(key.index_select(0, select), value.index_select(0, select)) for key, value in self.past]
+        logits, self.past = self.model(tokens, past=past, position_ids=position_ids, key_mask=key_mask)
+        return logits[:, -1].float()
+
+
+class CausalLMSteps:
+    """:class:`Steps` of a ``transformers`` causal LM: left padding is its ``attention_mask`` plus
+    explicit ``position_ids`` (each row counts from its first real token), the cache is the
+    ``DynamicCache`` the first call returns, reordered in place (``reorder_cache``: index_select of
+    every layer's keys and values), and the LM head runs at the last position only."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.cache = model, None
+
+    def _run(self, ids, position_ids, key_mask):
+        mask = None if key_mask is None else key_mask.long()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
+        return out.logits[:, -1].float()
+
+    def context(self, ids, position_ids, key_mask):
+        return self._run(ids, position_ids, key_mask)
+
+    def extend(self, select, tokens, position_ids, key_mask):
+        self.cache.reorder_cache(select)
+        return self._run(tokens, position_ids, key_mask)
+
+
+def steps_for(model: torch.nn.Module) -> Steps:
+    """The forked GPT-2's steps, or a ``transformers`` causal LM's."""
+    return ForkSteps(model) if isinstance(model, GPT2LMModel) else CausalLMSteps(model)
+
+
+@torch.inference_mode()
+def beam_search(model: torch.nn.Module, queries: Sequence[Sequence[int]], settings: BeamSettings) -> list[list[int]]:
+    """Decode every context of ``queries`` together with ``model`` (the forked GPT-2 or a
+    ``transformers`` causal LM); return each one's best hypothesis (token ids, ending with its EOS
+    when it finished before ``eval_len``). Results do not depend on batching."""
     if not queries or any(len(q) == 0 for q in queries):
         raise ValueError("beam_search needs non-empty contexts")
     s, k = settings, settings.beam
     device = next(model.parameters()).device
     eos = torch.tensor(s.eos_ids, dtype=torch.long, device=device)
     ids, position_ids, key_mask, lens = _left_pad(queries, device)
-    logits, past = model(ids, position_ids=position_ids, key_mask=key_mask, last_only=True)
-    logits = logits[:, -1].float()
+    steps = steps_for(model)
+    logits = steps.context(ids, position_ids, key_mask)
 
     num = len(queries)
     best = _Best(num, s.eval_len, device)
@@ -140,11 +204,9 @@ def beam_search(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: 
             examples, scores, tokens = examples[keep], scores[keep], tokens[keep]
             select, history, positions = select[rows], history[rows], positions[rows]
 
-        past = _reorder(past, select)
         if key_mask is not None:
             key_mask = torch.cat([key_mask[select], key_mask.new_ones(len(select), 1)], dim=1)
-        logits, past = model(tokens.reshape(-1, 1), past=past, position_ids=positions[:, None], key_mask=key_mask)
-        logits = logits[:, -1].float()
+        logits = steps.extend(select, tokens.reshape(-1, 1), positions[:, None], key_mask)
         _process_logits(logits, history, s, eos)
         step = scores[:, :, None] + F.log_softmax(logits, dim=-1).view(len(examples), k, -1)
         vocab = step.shape[-1]
@@ -158,11 +220,7 @@ def beam_search(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: 
     return [row[:n] for row, n in zip(best.tokens.tolist(), lengths)]
 
 
-def _reorder(past: Past, rows: torch.Tensor) -> Past:
-    return [(key.index_select(0, rows), value.index_select(0, rows)) for key, value in past]
-
-
-def decode_contexts(model: GPT2LMModel, queries: Sequence[Sequence[int]], settings: BeamSettings,
+def decode_contexts(model: torch.nn.Module, queries: Sequence[Sequence[int]], settings: BeamSettings,
                     batch_size: int, progress: Callable[[int], None] | None = None) -> list[list[int]]:
     """Beam-search every context, ``batch_size`` at a time (longest first, so batches hold similar
     lengths); return the predictions in the order of ``queries``."""

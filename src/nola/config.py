@@ -385,12 +385,19 @@ class LlamaSource:
 
 @dataclass(kw_only=True)
 class AlpacaTrainConfig:
-    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults); one step
-    is one optimiser update over ``per_device_train_batch_size x gradient_accumulation_steps x processes``
-    examples, as in the Hugging Face Trainer."""
+    """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults), or
+    data-to-text on the same loop; one step is one optimiser update over
+    ``per_device_train_batch_size x gradient_accumulation_steps x processes`` examples, as in the
+    Hugging Face Trainer."""
 
-    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh) or "
-                          "a JSON file of {instruction, input, output} records")
+    dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh), "
+                          "a JSON file of {instruction, input, output} records, or a data-to-text file named "
+                          "*_formatted.jsonl (E2E / WebNLG / DART, as create_datasets.sh writes them)")
+    eval_dataset: str | None = option(None, "a file of the same kinds whose validation loss (token-mean NLL of "
+                                      "its targets) is logged every --eval_steps updates and after the last")
+    eval_steps: int | None = option(None, "updates per validation (default: only after the last update)",
+                                    check=at_least(1))
+    per_device_eval_batch_size: int = option(8, "examples per validation batch per process", check=at_least(1))
     output_dir: str | None = option(None, "adapter folder and resume.pt (default: the --resume folder)")
     source_max_len: int = option(1024, "prompt tokens kept (truncated on the right)", check=at_least(1))
     target_max_len: int = option(256, "response tokens kept (truncated on the right)", check=at_least(1))
@@ -416,6 +423,37 @@ class AlpacaTrainConfig:
                                       "with --resume", check=at_least(1))
     overwrite: bool = option(False, "start afresh in an --output_dir that holds an earlier run: delete its "
                              "log.jsonl, resume.pt and adapter files first (without it such a start is refused)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# The scorers' file layouts (src/gpt2_decode.py, src/llama_beam.py): reference layout, WebNLG category
+# filter, how a context with fewer than --ref_num references is padded.
+REF_TYPES = ("e2e", "webnlg", "dart")
+FILTERS = ("all", "seen", "unseen")
+PADS = ("first", "empty")
+
+
+@dataclass(kw_only=True)
+class CausalDecodeConfig:
+    """src/llama_beam.py: which data-to-text file a causal LM decodes and where the scorers' files go
+    (gpt2_decode.py's layout and flags)."""
+
+    data: str = option(help="formatted jsonl of {context, completion} (e.g. data/e2e/test_formatted.jsonl)")
+    adapter: str | None = option(None, "adapter folder written by llama_ft.py, merged into the base before decoding")
+    batch_size: int = option(10, "distinct contexts decoded together", check=at_least(1))
+    max_contexts: int | None = option(None, "decode only the first N distinct contexts (and write only their "
+                                      "references)", check=at_least(1))
+    output_ref_file: str = option(help="reference file (e2e) or folder (webnlg, dart)")
+    output_pred_file: str = option(help="prediction file, one line per distinct context")
+    ref_type: str = option("e2e", "reference layout", choices=REF_TYPES)
+    ref_num: int = option(4, "number of reference files (webnlg, dart)", check=at_least(1))
+    ref_pad: str = option("first", "webnlg/dart contexts with fewer than --ref_num references: repeat the first "
+                          "reference (the original pipeline) or write empty lines", choices=PADS)
+    tokenize: bool = option(False, "split off every non-word character")
+    lower: bool = option(False, "lower-case references and predictions")
+    filter: str = option("all", "WebNLG: only contexts whose category was seen / unseen in training", choices=FILTERS)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -20,15 +20,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nola.config import FILTERS, PADS, REF_TYPES
 from nola.errors import fail
 from nola.fileio import atomic_open, check_writable
 from nola.formats import read_formatted
 from nola.textio import text_lines
 
 EOS_TEXT = "<|endoftext|>"
-REF_TYPES = ("e2e", "webnlg", "dart")
-FILTERS = ("all", "seen", "unseen")
-PADS = ("first", "empty")
 # Everything str.splitlines() splits on: a scorer reading the files must see one line per text.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -100,16 +98,23 @@ class Group:
     prediction: str = ""
 
 
-def group_outputs(records: list[dict], samples: dict[int, list[int]], tokenizer, keep: str = "all") -> list[Group]:
-    """Groups per distinct context (first-appearance order) of the records ``keep`` selects."""
+def keep_records(records: list[dict], keep: str = "all", flag: str = "--input_file") -> list[dict]:
+    """The records ``--filter`` keeps (all, or WebNLG's seen / unseen categories); none is an error."""
     if keep != "all" and any("cate" not in r for r in records):
         fail(f"--filter {keep} needs WebNLG records with a 'cate' (seen category) field; use --filter all")
+    kept = [r for r in records if keep == "all" or bool(r["cate"]) == (keep == "seen")]
+    if not kept:
+        fail(f"--filter {keep} leaves no contexts in {flag}")
+    return kept
+
+
+def group_outputs(records: list[dict], samples: dict[int, list[int]], tokenizer, keep: str = "all") -> list[Group]:
+    """Groups per distinct context (first-appearance order) of the records ``keep`` selects; the
+    prediction of a group is ``tokenizer.decode`` of its sample (GPT-2's BPE, or any ``transformers``
+    tokenizer), cut at the first EOS text and blank line."""
     groups: dict[str, Group] = {}
-    for record in records:
-        if keep == "all" or bool(record["cate"]) == (keep == "seen"):
-            groups.setdefault(record["context"], Group()).references.append(cut(record["completion"]))
-    if not groups:
-        fail(f"--filter {keep} leaves no contexts in --input_file")
+    for record in keep_records(records, keep):
+        groups.setdefault(record["context"], Group()).references.append(cut(record["completion"]))
     for sid, tokens in samples.items():  # a context's lines disagreeing: the last one wins, as in the original
         group = groups.get(records[sid]["context"])
         if group is not None:
@@ -150,6 +155,15 @@ def write_multi_reference(groups: list[Group], ref_dir: str | os.PathLike, pred_
         handle.write("".join(post_process(g.prediction, tokenize, lower) + "\n" for g in groups))
 
 
+def write_outputs(groups: list[Group], ref_type: str, ref_path: str | os.PathLike, pred_path: str | os.PathLike,
+                  ref_num: int = 4, tokenize: bool = False, lower: bool = False, pad: str = "first") -> None:
+    """``groups`` in ``ref_type``'s layout: :func:`write_e2e` or :func:`write_multi_reference`."""
+    if ref_type == "e2e":
+        write_e2e(groups, ref_path, pred_path, tokenize, lower)
+    else:
+        write_multi_reference(groups, ref_path, pred_path, ref_num, tokenize, lower, pad)
+
+
 def decode_files(sample_file: str, input_file: str, vocab: str, output_ref_file: str, output_pred_file: str,
                  ref_type: str = "e2e", ref_num: int = 4, tokenize: bool = False, lower: bool = False,
                  keep: str = "all", pad: str = "first") -> int:
@@ -166,8 +180,5 @@ def decode_files(sample_file: str, input_file: str, vocab: str, output_ref_file:
     records = read_formatted(input_file)
     samples = read_samples(sample_file, len(records), input_file, vocab_size)
     groups = group_outputs(records, samples, load_tokenizer(vocab), keep)
-    if ref_type == "e2e":
-        write_e2e(groups, output_ref_file, output_pred_file, tokenize, lower)
-    else:
-        write_multi_reference(groups, output_ref_file, output_pred_file, ref_num, tokenize, lower, pad)
+    write_outputs(groups, ref_type, output_ref_file, output_pred_file, ref_num, tokenize, lower, pad)
     return len(groups)

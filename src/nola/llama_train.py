@@ -1,5 +1,5 @@
-"""Instruction tuning of a ``transformers`` causal LM (LLaMA-2) with NOLA or LoRA: the loop behind
-``src/llama_ft.py``.
+"""Fine-tuning of a ``transformers`` causal LM (LLaMA-2, SmolLM2) with NOLA or LoRA on Alpaca or
+data-to-text (:mod:`nola.causal_data`): the loop behind ``src/llama_ft.py``.
 
 One step is one optimiser update (the Hugging Face Trainer's ``max_steps``, as UCDvision/NOLA's
 qlora.py counts): every process takes ``gradient_accumulation_steps`` micro-batches of
@@ -8,7 +8,13 @@ qlora.py counts): every process takes ``gradient_accumulation_steps`` micro-batc
 rank ``r`` takes the ``r``-th part of the block), so the data position is a function of the step
 alone. The loss is the summed token NLL of the update's response tokens divided by their total
 number over all micro-batches and processes, so 2 processes give the gradient of 1 process at
-twice the batch, and accumulation the gradient of one big batch.
+twice the batch, and accumulation the gradient of one big batch. The LM head runs at the target
+positions only (:mod:`nola.causal_objective`), and the host waits for the device only when a line is
+logged, a validation is run or a save is written (the non-finite check is a flag on the device).
+
+With ``--eval_dataset``, the validation loss (the token-mean NLL of every target token of the file)
+is computed every ``--eval_steps`` updates and after the last one, and logged as a row
+``{"step", "split": "valid", "loss", "tokens"}``.
 
 Outputs in ``--output_dir``: the adapter folder files (:func:`nola.hf_adapter.save_adapter`), rewritten
 every ``--save_steps`` updates and at the end, ``resume.pt`` (:mod:`nola.resume`) beside them and
@@ -19,15 +25,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nola.alpaca import IGNORE_INDEX, AlpacaDataset, collate, dataset_path, pad_token_id, read_records
+from nola.alpaca import collate, pad_token_id
+from nola.causal_data import CausalExamples, read_examples
 from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
+from nola.causal_objective import check_target_logits, target_logits, target_nll_sum, with_loss_positions
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
 from nola.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides, rank_share
 from nola.errors import fail
@@ -84,8 +92,11 @@ class AlpacaTrainer:
     """State and steps of one instruction-tuning run on one process."""
 
     def __init__(self, cfg: AlpacaTrainConfig, source: LlamaSource, ctx: DistContext, model: nn.Module,
-                 data: AlpacaDataset, pad_id: int, run: dict, resume: dict | None) -> None:
+                 data: CausalExamples, valid: CausalExamples | None, pad_id: int, run: dict,
+                 resume: dict | None) -> None:
+        check_target_logits(model)
         self.cfg, self.source, self.ctx, self.model, self.data, self.pad_id = cfg, source, ctx, model, data, pad_id
+        self.valid = valid
         self.run, self.out = run, Path(cfg.output_dir)
         self.block = ctx.world_size * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
         if len(data) < self.block:
@@ -98,6 +109,8 @@ class AlpacaTrainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.amp = torch.bfloat16 if source.bf16 else None
         self.step, self.saved = 0, None  # saved: the step of the last complete save
+        # The first update whose loss was not finite (0: none), kept on the device: no host sync per update.
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=ctx.device)
         if resume is not None:
             restore_trainable(model, self.optimizer, self.scaler, resume)
             self.step = self.saved = resume["step"]
@@ -113,24 +126,30 @@ class AlpacaTrainer:
         ids = update_indices(len(self.data), cfg.train_seed, self.step, self.block)
         ids = ids[self.ctx.rank * mine:(self.ctx.rank + 1) * mine]
         size = cfg.per_device_train_batch_size
-        return [collate([self.data[i] for i in ids[j:j + size]], self.pad_id) for j in range(0, mine, size)]
+        return [with_loss_positions(collate([self.data[i] for i in ids[j:j + size]], self.pad_id))
+                for j in range(0, mine, size)]
 
-    def update(self) -> float:
-        """One optimiser update; returns the update's token-mean loss over all processes."""
-        batches = [{k: v.to(self.ctx.device) for k, v in b.items()} for b in self._micro_batches()]
-        mine = float(sum((b["labels"][:, 1:] != IGNORE_INDEX).sum().item() for b in batches))
-        tokens = max(all_ranks_sum(torch.tensor(mine, dtype=torch.float64, device=self.ctx.device)).item(), 1.0)
-        loss_sum = 0.0
-        for j, batch in enumerate(batches):
+    def _autocast(self):
+        return torch.autocast(self.ctx.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def update(self) -> torch.Tensor:
+        """One optimiser update; returns the update's token-mean loss over all processes, on the device
+        (the host reads it only when it is logged)."""
+        device = self.ctx.device
+        batches = self._micro_batches()
+        mine = float(sum(len(b["targets"]) for b in batches))  # counted on the host: no device sync
+        tokens = all_ranks_sum(torch.tensor(mine, dtype=torch.float64, device=device)).clamp_min(1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for j, host in enumerate(batches):
+            batch = {k: v.to(device) for k, v in host.items()}
             last = j == len(batches) - 1
             sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
             with sync:
-                with torch.autocast(self.ctx.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                      ignore_index=IGNORE_INDEX, reduction="sum")
+                with self._autocast():
+                    logits = target_logits(self.net, batch)
+                nll = target_nll_sum(logits, batch)
                 rank_share(nll, tokens, self.ctx.world_size).backward()
-            loss_sum += nll.item()
+            loss_sum += nll.detach()
         lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -139,11 +158,47 @@ class AlpacaTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return all_ranks_sum(torch.tensor(loss_sum, dtype=torch.float64, device=self.ctx.device)).item() / tokens
+        return all_ranks_sum(loss_sum) / tokens
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFinite` naming the first update whose loss was not finite (summed over every
+        rank, so every rank stops alike); one host sync."""
+        bad = int(self.bad_step.item())
+        if bad:
+            raise NonFinite(bad)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, int]:
+        """(token-mean NLL, token count) of every target token of ``--eval_dataset``; rank ``r`` takes
+        examples ``r, r + W, ...``, summed over the ranks."""
+        self.model.eval()
+        size, device = self.cfg.per_device_eval_batch_size, self.ctx.device
+        mine = range(self.ctx.rank, len(self.valid), self.ctx.world_size)
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for start in range(0, len(mine), size):
+            host = with_loss_positions(collate([self.valid[i] for i in mine[start:start + size]], self.pad_id))
+            batch = {k: v.to(device) for k, v in host.items()}
+            with self._autocast():
+                logits = target_logits(self.model, batch)
+            total[0] += target_nll_sum(logits, batch)
+            total[1] += len(host["targets"])
+        self.model.train()
+        loss_sum, tokens = all_ranks_sum(total).tolist()
+        return loss_sum / max(tokens, 1.0), int(tokens)
+
+    def validate(self) -> None:
+        start = time.perf_counter()
+        loss, tokens = self.evaluate()
+        log.info("| valid at step %6d | loss %.4f | ppl %.3f | %d target tokens | %.1fs", self.step, loss,
+                 math.exp(min(loss, 700.0)), tokens, time.perf_counter() - start)
+        if self.ctx.is_main:
+            append_row(self.out / LOG_FILE, {"step": self.step, "split": "valid", "loss": loss, "tokens": tokens})
 
     def save(self) -> None:
         """The adapter folder and resume.pt at the current step (rank 0 writes; every rank's RNG); never
-        of non-finite parameters (replicated on every rank, so every rank decides alike)."""
+        of a run whose loss was not finite, nor of non-finite parameters (replicated on every rank, so
+        every rank decides alike)."""
+        self.check_finite()
         if not all(torch.isfinite(p).all() for p in self.trainable):
             raise NonFinite(self.step, "a trained parameter")
         rngs = gather_objects(rng_state(self.ctx.device), self.ctx)
@@ -162,13 +217,18 @@ class AlpacaTrainer:
         self.model.train()
         while self.step < cfg.max_steps:
             loss = self.update()
-            if not math.isfinite(loss):  # summed over every rank: each stops at the same update
-                raise NonFinite(self.step)
+            self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss), self.step, self.bad_step)
             if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
+                value = loss.item()  # the first host sync since the last line
+                self.check_finite()
                 lr = self.schedule.lr_at(self.step - 1)
-                log.info("| step %6d / %d | lr %.3g | loss %.4f", self.step, cfg.max_steps, lr, loss)
+                log.info("| step %6d / %d | lr %.3g | loss %.4f", self.step, cfg.max_steps, lr, value)
                 if self.ctx.is_main:
-                    append_row(self.out / LOG_FILE, {"step": self.step, "lr": lr, "loss": loss})
+                    append_row(self.out / LOG_FILE, {"step": self.step, "lr": lr, "loss": value})
+            if self.valid is not None and (self.step % (cfg.eval_steps or cfg.max_steps) == 0
+                                           or self.step == cfg.max_steps):
+                self.check_finite()
+                self.validate()
             halt = cfg.stop_at_step is not None and self.step >= cfg.stop_at_step
             if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps or halt:
                 self.save()
@@ -198,7 +258,10 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
             fail("--output_dir is required (the adapter folder to write)")
         cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.resume)))
     check_writable(cfg.output_dir, "--output_dir", folder=True)
-    records = read_records(dataset_path(cfg.dataset))
+    if cfg.eval_steps is not None and cfg.eval_dataset is None:
+        fail(f"--eval_steps {cfg.eval_steps} needs --eval_dataset (the file whose validation loss it logs)")
+    kind, records = read_examples(cfg.dataset)
+    valid = read_examples(cfg.eval_dataset, "--eval_dataset") if cfg.eval_dataset else None
     ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.train_seed))
     with guarded_run(ctx, cfg.output_dir, launch.dist_timeout) as state:
         adapter = adapter_config(request, ctx.device)
@@ -209,8 +272,11 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         add_adapter(model, adapter, source)
-        data = AlpacaDataset(records, tokenizer, cfg.source_max_len, cfg.target_max_len)
-        trainer = state.trainer = AlpacaTrainer(cfg, source, ctx, model, data, pad_token_id(tokenizer), run, resume)
+        data = CausalExamples(kind, records, tokenizer, cfg.source_max_len, cfg.target_max_len)
+        valid_data = None if valid is None else CausalExamples(*valid, tokenizer, cfg.source_max_len,
+                                                               cfg.target_max_len, flag="--eval_dataset")
+        trainer = state.trainer = AlpacaTrainer(cfg, source, ctx, model, data, valid_data, pad_token_id(tokenizer),
+                                                run, resume)
         out = trainer.out
         resumed = resume_path(cfg.resume).parent if cfg.resume else None
         state.lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
@@ -223,8 +289,8 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
                 trim_log(out / LOG_FILE, trainer.step)
                 log.info("resuming %s at step %d", cfg.resume, trainer.step)
         per_epoch = len(data) // trainer.block
-        log.info("%d process(es) on %s; %d examples, %d updates per epoch of %d examples; %s on %s: %s trainable "
-                 "parameters; max_steps %d", ctx.world_size, ctx.device.type, len(data), per_epoch, trainer.block,
+        log.info("%d process(es) on %s; %d %s examples, %d updates per epoch of %d examples; %s on %s: %s trainable "
+                 "parameters; max_steps %d", ctx.world_size, ctx.device.type, len(data), kind, per_epoch, trainer.block,
                  adapter_kind(adapter), ",".join(source.targets), f"{count_trainable(model):,}", cfg.max_steps)
         if math.ceil(cfg.max_steps / per_epoch) > 1:
             log.info("max_steps %d covers %.2f epochs", cfg.max_steps, cfg.max_steps / per_epoch)

@@ -1,4 +1,5 @@
-"""Adapter file sizes without base weights: what ``model.<step>.pt`` will weigh for any card.
+"""Adapter file sizes without base weights: what ``model.<step>.pt`` will weigh for any card, and what
+an adapter folder on a ``transformers`` causal LM weighs next to LoRA's.
 
 The model is built on the meta device (no memory, no weights), its adapter tensors are replaced by
 zeros of the right shapes, and the file is written by :func:`nola.checkpoint.save_adapter` itself,
@@ -33,10 +34,7 @@ def adapter_file_bytes(cfg: GPT2Config, adapter: NOLAConfig | LoRAConfig, base_p
         model = GPT2LMModel(cfg, nola=skeleton, lora=None if is_nola else adapter)
     if is_nola:
         model.nola_config = adapter  # record the configuration as given (mode included)
-    for module in model.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.requires_grad:
-                setattr(module, name, nn.Parameter(torch.zeros(param.shape)))
+    _zero_trainables(model)
     with tempfile.TemporaryDirectory() as tmp:
         size = save_adapter(model, Path(tmp) / "model.pt", base_path, base_sha256, step)
     return size, count_trainable(model)
@@ -67,3 +65,39 @@ def paper_sizes(card: str = "gpt2.md") -> list[tuple[str, int, int]]:
 
 
 CARDS = tuple(_CARD_SIZE)
+
+
+def causal_adapter_size(model_dir: str | Path, adapter_dir: str | Path | None = None, lora_rank: int | None = None,
+                        targets: list[str] | None = None) -> tuple[int, int]:
+    """(bytes of the adapter folder's files, trained parameters) on a ``transformers`` causal LM.
+
+    ``adapter_dir``: a folder written by :func:`nola.hf_adapter.save_adapter`, measured as it is (its
+    parameters are the tensors its config lists). ``lora_rank``: what LoRA at that rank on ``targets``
+    would write, found by writing it from a meta-device model of ``model_dir``'s configuration."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from nola import hf_adapter
+    from nola.lora_inject import inject_lora
+
+    if adapter_dir is not None:
+        folder = Path(adapter_dir)
+        header = json.loads((folder / hf_adapter.CONFIG_FILE).read_text(encoding="utf-8"))
+        params = sum(int(torch.Size(shape).numel()) for shape in header["tensors"].values())
+        return sum((folder / name).stat().st_size for name in (hf_adapter.CONFIG_FILE, hf_adapter.WEIGHTS_FILE)), params
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    inject_lora(model, LoRAConfig(dim=lora_rank), list(targets or []))
+    _zero_trainables(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_adapter.save_adapter(model, tmp)
+        return sum(f.stat().st_size for f in Path(tmp).iterdir()), count_trainable(model)
+
+
+def _zero_trainables(model: nn.Module) -> None:
+    """Trainable meta tensors -> zeros of their shapes on the CPU (what a save needs; values don't matter)."""
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.requires_grad:
+                setattr(module, name, nn.Parameter(torch.zeros(param.shape)))

@@ -186,9 +186,12 @@ def resume_source(state: dict, source: ModelSource, where: str) -> ModelSource:
 
 
 def check_resume_world(state: dict, world_size: int) -> None:
-    if len(state["rng"]) != state["run"]["world_size"] or len(state.get("grad", state["rng"])) != len(state["rng"]):
+    if len(state["rng"]) != state["run"]["world_size"]:
         fail(f"--resume: {RESUME_FILE} holds {len(state['rng'])} RNG states for {state['run']['world_size']} "
              f"processes; {RESUME_FIX}")
+    if len(state.get("grad", state["rng"])) != len(state["rng"]):
+        fail(f"--resume: {RESUME_FILE} holds the gradients of {len(state['grad'])} processes for "
+             f"{len(state['rng'])}; {RESUME_FIX}")
     if world_size != state["run"]["world_size"]:
         fail(f"--resume: the interrupted run used {state['run']['world_size']} processes, this one "
              f"{world_size}; launch the same number so the data shards line up")

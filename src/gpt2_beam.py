@@ -10,7 +10,7 @@ import argparse
 from nola.card import card_config, check_limits
 from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
 from nola.config import BeamSettings, DecodeConfig
-from nola.errors import run_cli
+from nola.errors import fail, run_cli
 from nola.fileio import check_writable
 from nola.log import get_logger
 
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     source, request = model_flags(args)
     launch, run, settings = launch_config(args), config_from(DecodeConfig, args), config_from(BeamSettings, args)
+    if not source.init_checkpoint:
+        fail("--init_checkpoint is required: the adapter, full or base checkpoint to decode with")
     card = card_config(source.model_card)
     check_limits(card, run.seq_len, settings)
     check_writable(run.output_path, "--output_file")

@@ -70,6 +70,13 @@ CASES = [
     ("ft-resume-wrong-type", [*RESUME, "--resume", "{d}/rs_listed"], "{d}/rs_listed/resume.pt: 'trainable' holds a list", ["{d}/rs_listed/log.jsonl"]),
     ("ft-resume-no-position", [*RESUME, "--resume", "{d}/rs_noepoch"], "{d}/rs_noepoch/resume.pt lacks 'epoch'", ["{d}/rs_noepoch/log.jsonl"]),
     ("ft-resume-adapter-file", [*RESUME, "--resume", "{d}/model.100.pt"], "{d}/model.100.pt: not a resume file", ["{d}/log.jsonl"]),
+    # A resume or adapter file meets a base: the recorded one (SHA-256 checked) or none at all.
+    ("ft-resume-base-moved", [*RESUME, "--resume", "{d}/rs_moved"], "the interrupted run's base checkpoint '{d}/gone.bin' is not there; pass --base_checkpoint", ["{d}/rs_moved/log.jsonl"]),
+    ("ft-resume-moved-base-given", [*RESUME, "--resume", "{d}/rs_moved", "--base_checkpoint", "{d}/base.safetensors"], "{d}/base.safetensors: SHA-256", ["{d}/rs_moved/log.jsonl"]),
+    ("ft-resume-other-base", [*RESUME, "--random_seed", "110", "--resume", "{d}/rs", "--init_checkpoint", "{d}/base.safetensors"], "{d}/base.safetensors: SHA-256", ["{d}/rs/log.jsonl"]),
+    ("ft-resume-random-base-given-one", [*RESUME, "--resume", "{d}/rs_nobase", "--init_checkpoint", "{d}/base.bin"], "trained on a randomly initialised GPT-2 (no --init_checkpoint), so it must continue on one: drop --init_checkpoint", ["{d}/rs_nobase/log.jsonl"]),
+    ("beam-adapter-random-base", [*BEAM, "--init_checkpoint", "{d}/model.nobase.pt"], "{d}/model.nobase.pt: this adapter was trained on a randomly initialised GPT-2", [OUT]),
+    ("export-adapter-random-base", [*EXPORT, "--init_checkpoint", "{d}/model.nobase.pt"], "{d}/model.nobase.pt: this adapter was trained on a randomly initialised GPT-2", [OUT]),
     ("export-safetensors-truncated", [*EXPORT, "--init_checkpoint", "{d}/cut.safetensors"], f"{{d}}/cut.safetensors {UNREADABLE}", [OUT]),
     ("export-adapter-truncated", [*EXPORT, "--init_checkpoint", "{d}/model.cut.pt"], f"{{d}}/model.cut.pt {UNREADABLE}", [OUT]),
     ("export-adapter-flipped-byte", [*EXPORT, "--init_checkpoint", "{d}/model.flip.pt"], "{d}/model.flip.pt is damaged", [OUT]),
@@ -113,6 +120,7 @@ def files(tmp_path_factory, tiny_gpt2) -> Path:
             if p.requires_grad:
                 p.normal_(0, 0.5)
     save_adapter(built.model, d / "model.100.pt", built.base_path, built.base_sha256, step=100)
+    save_adapter(built.model, d / "model.nobase.pt", None, None, step=100)
     adapter = torch.load(d / "model.100.pt", weights_only=True)
     old = {k: v for k, v in adapter.items() if k != CONTENT_KEY}
     legacy_save(old, d / "model.old.pt")
@@ -131,6 +139,11 @@ def files(tmp_path_factory, tiny_gpt2) -> Path:
     run = {"train_batch_size": 2, "grad_acc": 1, "random_seed": 110, "seq_len": 32, "obj": "clm", "world_size": 1}
     save_resume(d / "rs", metadata(built.model, built.base_path, built.base_sha256), position, built.model,
                 optimizer, torch.amp.GradScaler("cpu", enabled=False), [rng_state(CPU)], run)
+    for name, base in {"moved": {"path": str(d / "gone.bin"), "sha256": built.base_sha256},
+                       "nobase": {"path": None, "sha256": None}}.items():
+        save_resume(d / f"rs_{name}", {**metadata(built.model, built.base_path, built.base_sha256), "base": base},
+                    position, built.model, optimizer, torch.amp.GradScaler("cpu", enabled=False), [rng_state(CPU)],
+                    {**run, "random_seed": 10})  # the flags of RESUME (its default seed)
     resume = torch.load(d / "rs" / "resume.pt", weights_only=True)
     raw = (d / "rs" / "resume.pt").read_bytes()
     unsealed = {k: v for k, v in resume.items() if k != CONTENT_KEY}

@@ -103,7 +103,7 @@ def llama_beam(i: Inputs, d: Path, *extra: object) -> list[str]:
 
 def beam(i: Inputs, d: Path, *extra: object, data: str | None = None) -> list[str]:
     return py("src/gpt2_beam.py", "--data", data or i.encoded, "--model_card", i.card, "--seq_len", 64,
-              "--eval_len", 16, "--work_dir", d / "out", *extra)
+              "--eval_len", 16, "--work_dir", d / "out", "--init_checkpoint", d / "model.pt", *extra)
 
 
 def decode(i: Inputs, d: Path, *extra: object, samples: str | None = None, formatted: str | None = None,
@@ -238,6 +238,8 @@ CASES: list[Case] = [
     Case("ft-train-data-missing", lambda i, d: ft(i, d, "--train_data", d / "nope.jsonl"), ("nope.jsonl",), FT_RUN),
     # --- gpt2_beam.py ---------------------------------------------------------------------------
     Case("beam-zero", lambda i, d: beam(i, d, "--beam", 0), ("--beam 0",), BEAM_OUT),
+    Case("beam-no-checkpoint", lambda i, d: beam(i, d, "--init_checkpoint", ""), ("--init_checkpoint is required",),
+         BEAM_OUT),
     Case("beam-wider-than-vocab", lambda i, d: beam(i, d, "--beam", 60000), ("--beam 60000", "vocabulary"), BEAM_OUT),
     Case("beam-eval-len-zero", lambda i, d: beam(i, d, "--eval_len", 0), ("--eval_len 0",), BEAM_OUT),
     Case("beam-eval-len-no-room", lambda i, d: beam(i, d, "--eval_len", 64), ("--eval_len 64", "--seq_len 64"), BEAM_OUT),

@@ -141,6 +141,24 @@ def test_resume_is_exact(setup, tmp_path):
     assert losses(tmp_path / "split") == losses(tmp_path / "whole")
 
 
+def test_resume_refuses_another_base_model(setup, tmp_path, capsys):
+    """resume.pt names the base the adapter was trained on; resuming on another folder, even a copy of
+    the same architecture, is one error line (a config hash cannot tell weights apart)."""
+    import shutil
+
+    other = Path(shutil.copytree(setup["model"], tmp_path / "other"))
+    args = NOLA + ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--max_steps", "2",
+                   "--lr", "0.05"]
+    main(common(setup, tmp_path / "run") + args + ["--stop_at_step", "1"])
+    capsys.readouterr()
+    argv = common(setup, tmp_path / "run") + args + ["--resume", str(tmp_path / "run"), "--model_name_or_path", str(other)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("error: --resume") and "model_name_or_path" in err[-1], err
+    assert torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["step"] == 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -101,8 +101,8 @@ def _adapted(name: str, seed: int = 5, **kw):
 def test_registered_with_the_pinned_peft_and_the_type_round_trips(tmp_path):
     assert peft.__version__ == PEFT_VERSION, (
         f"nola.peft is written for peft=={PEFT_VERSION}, found {peft.__version__}: re-check add_peft_type "
-        f"and the state-dict hooks against the new PEFT, then move the pin in requirement.txt and here")
-    assert f"peft=={PEFT_VERSION}" in (Path(__file__).parents[1] / "requirement.txt").read_text().split()
+        f"and the state-dict hooks against the new PEFT, then move the pin in requirements.lock and here")
+    assert f"peft=={PEFT_VERSION}" in (Path(__file__).parents[1] / "requirements.lock").read_text().split()
     assert PeftType("NOLA") is PeftType.NOLA is PeftType["NOLA"] is add_peft_type("NOLA")
     assert PeftType.NOLA == "NOLA" and PeftType.NOLA in list(PeftType) and len(set(PeftType)) == len(list(PeftType))
     _, model, _ = _adapted("llama")

@@ -89,6 +89,9 @@ def build_model(source: ModelSource, device: torch.device, request: AdapterReque
     base_path, base_sha, step = path, None, int(ckpt.get("step", 0) or 0)
     if is_adapter(ckpt):
         base_path = source.base_checkpoint or (ckpt.get("base") or {}).get("path")
+        if base_path is None:
+            fail(f"{path}: this adapter was trained on a randomly initialised GPT-2 (gpt2_ft.py without "
+                 f"--init_checkpoint), whose weights were not kept: train it again from a base checkpoint")
         base_sha = check_metadata(ckpt, cfg, path, base_path)
         base, _ = split_state(read_checkpoint(base_path))
         load_base_weights(model, base, base_path)

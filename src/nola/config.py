@@ -215,8 +215,8 @@ class ModelSource:
     model_card: str = option("gpt2.md", "gpt2.sm | gpt2.md | gpt2.lg, or a JSON file with GPT2Config keys")
     init_checkpoint: str | None = option(None, "GPT-2 weights (.bin/.safetensors, any published layout), an "
                                          "adapter checkpoint written by gpt2_ft.py, or a full state dict")
-    base_checkpoint: str | None = option(None, "base GPT-2 file for an adapter checkpoint whose recorded base "
-                                         "has moved")
+    base_checkpoint: str | None = option(None, "base GPT-2 file for an adapter checkpoint (or a --resume run) "
+                                         "whose recorded base has moved")
     nola_mode: str = option("auto", "basis execution: materialised (kept in memory), onthefly (regenerated "
                             "in chunks, no memory); auto = materialised on CPU, onthefly on CUDA",
                             choices=("auto",) + MODES)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -17,6 +19,7 @@ from nola.log import get_logger, set_rank
 
 log = get_logger(__name__)
 T = TypeVar("T")
+_joined = False  # whether this process joined a process group (init_distributed): it ends through leave()
 
 
 @dataclass
@@ -61,6 +64,8 @@ def init_distributed(args: LaunchConfig) -> DistContext:
         # Every collective (and the rendezvous) gives up after --dist_timeout: one stuck rank stops the job.
         dist.init_process_group("nccl" if want_cuda else "gloo", init_method="env://",
                                 timeout=datetime.timedelta(seconds=args.dist_timeout))
+        global _joined
+        _joined = True
     set_rank(rank)
     seed_everything(args.random_seed + rank)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world, device=device)
@@ -83,6 +88,28 @@ def seed_everything(seed: int) -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(status: int) -> None:
+    """End a process that joined a process group with exit ``status``, skipping interpreter teardown;
+    return at once in any other process.
+
+    ``destroy_process_group`` does not stop Gloo's threads (two ``pt_gloo_runloop`` and the
+    ``gloo_tcp_loop``) once DistributedDataParallel has wrapped a model: DDP keeps the process group
+    alive, so a finished run entered interpreter teardown with them running. A C++ thread that must
+    take the GIL then (a worker dropping the last reference to a collective's tensors, late on a
+    loaded machine) is ended by ``pthread_exit``, and that unwinding through a ``noexcept``
+    destructor calls ``std::terminate``: "terminate called without an active exception", SIGABRT,
+    and the launcher reports a finished run as failed. Every output is complete and closed here
+    (collectives done, files written atomically), so the process closes the group, flushes its
+    streams and exits without the teardown."""
+    if not _joined:
+        return
+    cleanup()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
 
 
 def barrier() -> None:

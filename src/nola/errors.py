@@ -22,9 +22,21 @@ def fail(message: str) -> NoReturn:
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; turn a :class:`NOLAError` into ``error: ...`` and exit code 2."""
+    """Run a script's ``main``; turn a :class:`NOLAError` into ``error: ...`` and exit code 2. A
+    process that joined a process group ends here through :func:`nola.distributed.leave`."""
     try:
         main()
     except NOLAError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _leave_group(2)
         sys.exit(2)
+    except SystemExit as exc:
+        _leave_group(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+        raise
+    _leave_group(0)
+
+
+def _leave_group(status: int) -> None:
+    distributed = sys.modules.get("nola.distributed")  # imported only by scripts that can join a group
+    if distributed is not None:
+        distributed.leave(status)

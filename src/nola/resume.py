@@ -3,10 +3,14 @@
 ``work_dir/resume.pt`` holds what continuing needs and ``model.<step>.pt`` must not carry: the
 trainable tensors at full precision (a quantised adapter file stores only b-bit codes), the
 optimiser, the gradient scaler, every rank's RNG states and the data position (epoch, batches of
-that epoch already trained). It is rewritten atomically at every save, after the adapter file.
+that epoch already trained). A ``gpt2_ft.py`` step is one batch, so with ``--grad_acc`` a save can
+fall inside an update: then every rank's gradient accumulated so far is kept too (``grad``), and
+the resumed run finishes that update as the uninterrupted one does. It is rewritten atomically at
+every save, after the adapter file.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -16,10 +20,13 @@ import torch
 
 from nola.build import resolve_adapter
 from nola.checkpoint import adapter_config_from
-from nola.config import AdapterRequest, NOLAConfig, TrainConfig, identity_fields
+from nola.config import AdapterRequest, ModelSource, NOLAConfig, TrainConfig, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_torch_save
 from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
+from nola.log import get_logger
+
+log = get_logger(__name__)
 
 RESUME_FORMAT = "nola-resume"
 RESUME_FILE = "resume.pt"
@@ -104,6 +111,21 @@ def restore_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
              f"use the interrupted run's flags, or {RESUME_FIX}")
 
 
+def pending_grad(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """This rank's gradient accumulated since the last update (CPU copies; trainables with one)."""
+    return {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()
+            if p.requires_grad and p.grad is not None}
+
+
+def restore_grad(model: torch.nn.Module, saved: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Put back what :func:`pending_grad` saved, before the first backward of the resumed run."""
+    live = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not set(saved) <= set(live) or any(saved[n].shape != live[n].shape for n in saved):
+        fail(f"--resume: the saved gradients do not fit this model; use the interrupted run's flags, or {RESUME_FIX}")
+    for name, grad in saved.items():
+        live[name].grad = grad.to(device)
+
+
 def run_record(cfg: TrainConfig, random_seed: int, world_size: int) -> dict:
     """The flags the data position and schedule depend on, as stored in ``resume.pt``."""
     return {**{k: getattr(cfg, k) for k in RUN_KEYS if k != "random_seed"}, "random_seed": random_seed,
@@ -117,6 +139,9 @@ def adopt_resume(state: dict, cfg: TrainConfig, random_seed: int, request: Adapt
     the data position, are errors; adapter settings left out are filled from the record."""
     source = resume_path(cfg.resume)
     check_schema(state, _POSITION, source, RESUME_FIX)
+    for rank, grad in enumerate(state.get("grad", [])):  # a save inside an update (see the module's doc)
+        check_schema({"grad": grad}, {"grad": dict}, source, RESUME_FIX)
+        check_tensors(grad, source, f"grad of rank {rank}", RESUME_FIX)
     check_schema(state["run"], {key: object for key in (*RUN_KEYS, "world_size")}, f"{source} ('run')", RESUME_FIX)
     now = run_record(cfg, random_seed, state["run"]["world_size"])
     for key in RUN_KEYS:
@@ -134,10 +159,39 @@ def adopt_resume(state: dict, cfg: TrainConfig, random_seed: int, request: Adapt
     return AdapterRequest(lora={**request.lora, **{k: getattr(resolved, k) for k in ("dim", "alpha", "dropout")}})
 
 
+def resume_source(state: dict, source: ModelSource, where: str) -> ModelSource:
+    """The base a resumed ``gpt2_ft.py`` run trains on: the interrupted run's.
+
+    Without ``--init_checkpoint`` that is the base file ``resume.pt`` records (or ``--base_checkpoint``
+    when it has moved), as an adapter checkpoint finds its base; its SHA-256 is checked against the
+    record once the model is built (:func:`nola.checkpoint.check_metadata`). A run that started from
+    a random GPT-2 (no ``--init_checkpoint``) must resume without one. Building a random GPT-2 where
+    the interrupted run had a base would train the adapter on the wrong weights, silently."""
+    recorded = (state.get("base") or {}).get("path")
+    given = source.init_checkpoint or source.base_checkpoint
+    if recorded is None:
+        if given:
+            flag = "--init_checkpoint" if source.init_checkpoint else "--base_checkpoint"
+            fail(f"{flag} {given}: the interrupted run in --resume {where} trained on a randomly initialised GPT-2 "
+                 f"(no --init_checkpoint), so it must continue on one: drop {flag}")
+        return source
+    if source.init_checkpoint:
+        return source
+    path = source.base_checkpoint or recorded
+    if not Path(path).is_file():
+        fail(f"--resume {where}: the interrupted run's base checkpoint {path!r} is not there; pass "
+             f"--base_checkpoint PATH (or --init_checkpoint PATH) to that GPT-2 file (its SHA-256 is checked)")
+    log.info("--resume: training on the interrupted run's base %s (SHA-256 checked)", path)
+    return dataclasses.replace(source, init_checkpoint=path, base_checkpoint=None)
+
+
 def check_resume_world(state: dict, world_size: int) -> None:
     if len(state["rng"]) != state["run"]["world_size"]:
         fail(f"--resume: {RESUME_FILE} holds {len(state['rng'])} RNG states for {state['run']['world_size']} "
              f"processes; {RESUME_FIX}")
+    if len(state.get("grad", state["rng"])) != len(state["rng"]):
+        fail(f"--resume: {RESUME_FILE} holds the gradients of {len(state['grad'])} processes for "
+             f"{len(state['rng'])}; {RESUME_FIX}")
     if world_size != state["run"]["world_size"]:
         fail(f"--resume: the interrupted run used {state['run']['world_size']} processes, this one "
              f"{world_size}; launch the same number so the data shards line up")

@@ -47,8 +47,9 @@ from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
 from nola.objective import MaskedLM, masked_nll_sum
 from nola.optim import Schedule, cycle_knots, make_optimizer
-from nola.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, restore_trainable, resume_path,
-                         rng_state, run_record, save_resume, set_rng_state)
+from nola.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, pending_grad, restore_grad,
+                         restore_trainable, resume_path, resume_source, rng_state, run_record, save_resume,
+                         set_rng_state)
 from nola.sizes import adapter_file_bytes
 from nola.workdir import append_row, claim, trim_log
 
@@ -123,6 +124,8 @@ class Trainer:
     # --- resume -------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
         restore_trainable(self.model, self.optimizer, self.scaler, state)
+        if "grad" in state:  # saved inside an update: the batches of it already trained
+            restore_grad(self.model, state["grad"][self.ctx.rank], self.device)
         self.step, self.best_ppl = state["step"], state["best_ppl"]
         self.position = (state["epoch"], state["batch"])
         self.rng = state["rng"][self.ctx.rank]
@@ -151,17 +154,20 @@ class Trainer:
         """``model.<step>.pt`` (once per step) and ``resume.pt`` at position (epoch, batch); never of
         a non-finite run."""
         self.check_finite(params=True)
-        rngs = gather_objects(rng_state(self.device), self.ctx)
+        inside_update = self.step % self.args.grad_acc != 0
+        grad = pending_grad(self.model) if inside_update else None
+        rngs, grads = zip(*gather_objects((rng_state(self.device), grad), self.ctx))
         if self.ctx.is_main:
             if self.step != self.saved:
                 path = self.work_dir / f"model.{self.step}.pt"
                 size = save_adapter(self.model, path, self.base_path, self.base_sha, self.step, full=self.full)
                 log.info("saved %s: %s bytes (%.1f KB)%s", path, f"{size:,}", size / 1024,
                          ", full state dict" if self.full else "")
-            position = {"step": self.step, "epoch": epoch, "batch": batch, "best_ppl": self.best_ppl}
+            position = {"step": self.step, "epoch": epoch, "batch": batch, "best_ppl": self.best_ppl,
+                        **({"grad": list(grads)} if inside_update else {})}
             run = run_record(self.args, self.seed, self.ctx.world_size)
             save_resume(self.work_dir, metadata(self.model, self.base_path, self.base_sha), position,
-                        self.model, self.optimizer, self.scaler, rngs, run)
+                        self.model, self.optimizer, self.scaler, list(rngs), run)
         self.saved = self.step
         barrier()
 
@@ -320,6 +326,7 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
     resume = load_resume(cfg.resume) if cfg.resume else None
     if resume is not None:
         request = adopt_resume(resume, cfg, launch.random_seed, request)
+        source = resume_source(resume, source, cfg.resume)
     if cfg.work_dir is None:
         work_dir = str(resume_path(cfg.resume).parent) if resume else os.getenv("PT_OUTPUT_DIR", "gpt2_model")
         cfg = dataclasses.replace(cfg, work_dir=work_dir)

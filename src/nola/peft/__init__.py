@@ -3,7 +3,7 @@
 Importing this package registers the method ``"nola"`` with PEFT (:func:`register`), so that
 ``get_peft_model(base, NolaConfig(...))``, ``PeftModel.from_pretrained(base, folder)``,
 ``PeftConfig.from_pretrained`` and the ``transformers`` ``Trainer`` know it. Written against
-PEFT 0.21.2 (pinned in requirement.txt); ``tests/test_peft.py`` fails loudly if a new PEFT breaks the
+PEFT 0.21.2 (pinned in requirements.lock); ``tests/test_peft.py`` fails loudly if a new PEFT breaks the
 registration.
 """
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import struct
 import warnings
 from pathlib import Path
@@ -27,12 +26,6 @@ from nola.peft import PEFT_VERSION, NolaConfig, NolaModel, add_peft_type
 hf_logging.set_verbosity_error()
 VOCAB = 64
 K = 16
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    # replaced by conftest's fetch fixture at merge
-    return Path(os.environ.get("NOLA_SMOLLM2_DIR", "/work/models/smollm2-135m-instruct"))
 
 
 def _llama(intermediate: int = 48) -> LlamaForCausalLM:

@@ -12,22 +12,32 @@ the same generation and scoring on the same test MRs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nola.cache import building, cache_root
 from nola.errors import run_cli
-from nola.fileio import check_writable
+from nola.fileio import check_writable, sha256_file
 from nola.formats import read_formatted
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 TARGETS = "q_proj,v_proj"
+BEAM_FLAGS = ("--beam", "10", "--length_penalty", "0.8", "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0",
+              "--eval_len", "64", "--batch_size", "10")
+# What decides the unadapted model's outputs besides the model, the MRs and the flags: its generation is
+# cached under a hash of all of it, since it never changes from run to run.
+GENERATION_CODE = ("src/llama_beam.py", "src/nola/beam.py", "src/nola/causal_decode.py", "src/nola/causal_lm.py",
+                   "src/nola/d2t.py", "src/nola/decode.py")
+DECODE_FILES = ("e2e_ref.txt", "e2e_pred.txt")
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class Plan:
     batch: int = 8
     lr: float = 0.02
     train_contexts: int = 500
-    valid_contexts: int = 20
+    valid_contexts: int = 10
     test_contexts: int = 40
 
 
@@ -75,6 +85,10 @@ class Stages:
         print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
         return log
 
+    def reuse(self, name: str, source: Path) -> None:
+        self.n += 1
+        print(f"== [{self.n}/{self.total}] {name}   (reused: {source})", flush=True)
+
 
 def subsets(stages: Stages, e2e: Path, plan: Plan) -> None:
     py, sub = sys.executable, "scripts/subset.py"
@@ -87,18 +101,46 @@ def subsets(stages: Stages, e2e: Path, plan: Plan) -> None:
     stages.run("subsets", ["bash", "-c", script])
 
 
-def generate_and_score(stages: Stages, name: str, model: Path, adapter: Path | None, e2e: Path, out: Path) -> dict:
-    """llama_beam.py → measure_scores.py for the model (with ``adapter``, merged, or without); the scores."""
-    run = out / name
+def unadapted_key(model: Path, data: Path) -> str:
+    """16 hex digits over everything the unadapted model's generation depends on: its weights, config and
+    tokenizer, the MRs, the beam flags, the generation code and the torch / transformers versions."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(json.dumps([BEAM_FLAGS, version("torch"), version("transformers")]).encode())
+    for path in (model / "model.safetensors", model / "config.json", model / "tokenizer.json", data,
+                 *(REPO / code for code in GENERATION_CODE)):
+        digest.update(f"{path.name}:{sha256_file(path)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def generate(stages: Stages, name: str, model: Path, adapter: Path | None, data: Path, run: Path) -> None:
+    """llama_beam.py with the paper's beam settings: ``run``/e2e_ref.txt and e2e_pred.txt."""
     flags = ["--adapter", str(adapter)] if adapter else []
     stages.run(f"generate_{name}", [
         sys.executable, "src/llama_beam.py", "--model_name_or_path", str(model), "--bits", "32", *flags,
-        "--data", str(e2e / "demo_test_formatted.jsonl"), "--batch_size", "10", "--beam", "10",
-        "--length_penalty", "0.8", "--no_repeat_ngram_size", "4", "--repetition_penalty", "1.0", "--eval_len", "64",
-        "--output_ref_file", str(run / "e2e_ref.txt"), "--output_pred_file", str(run / "e2e_pred.txt")])
+        "--data", str(data), *BEAM_FLAGS, "--output_ref_file", str(run / DECODE_FILES[0]),
+        "--output_pred_file", str(run / DECODE_FILES[1])])
+
+
+def generate_unadapted(stages: Stages, model: Path, data: Path, run: Path) -> None:
+    """The unadapted model's decode files, generated once per :func:`unadapted_key` and then reused."""
+    cached = cache_root() / f"demo-unadapted-{unadapted_key(model, data)}"
+    if not all((cached / name).is_file() for name in DECODE_FILES):
+        generate(stages, "base", model, None, data, run)
+        with building(cached) as tmp:
+            for name in DECODE_FILES:
+                shutil.copyfile(run / name, tmp / name)
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    for name in DECODE_FILES:
+        shutil.copyfile(cached / name, run / name)
+    stages.reuse("generate_base", cached)
+
+
+def score(stages: Stages, name: str, run: Path) -> dict:
     scores = run / "scores.json"
-    stages.run(f"score_{name}", [sys.executable, "eval/e2e/measure_scores.py", str(run / "e2e_ref.txt"),
-                                 str(run / "e2e_pred.txt"), "-p", "--json"], stdout=scores)
+    stages.run(f"score_{name}", [sys.executable, "eval/e2e/measure_scores.py", str(run / DECODE_FILES[0]),
+                                 str(run / DECODE_FILES[1]), "-p", "--json"], stdout=scores)
     return json.loads(scores.read_text())["scores"]
 
 
@@ -154,13 +196,16 @@ def main() -> None:
     stages.run("train", [
         sys.executable, "src/llama_ft.py", "--model_name_or_path", str(model), "--bits", "32",
         "--dataset", str(e2e / "demo_train_formatted.jsonl"), "--eval_dataset", str(e2e / "demo_valid_formatted.jsonl"),
-        "--eval_steps", str(plan.steps // 2), "--target_modules", TARGETS, "--nola_rank", str(plan.rank),
+        "--target_modules", TARGETS, "--nola_rank", str(plan.rank),
         "--nola_num_basis", str(plan.num_basis), "--per_device_train_batch_size", str(plan.batch),
         "--gradient_accumulation_steps", "1", "--max_steps", str(plan.steps), "--lr", str(plan.lr),
         "--max_grad_norm", "0", "--logging_steps", str(plan.steps // 4), "--save_steps", str(plan.steps),
         "--output_dir", str(work), "--overwrite"])
-    scores = {name: generate_and_score(stages, name, model, adapter, e2e, out)
-              for name, adapter in (("nola", work), ("base", None))}
+    test = e2e / "demo_test_formatted.jsonl"
+    generate(stages, "nola", model, work, test, out / "nola")
+    scores = {"nola": score(stages, "nola", out / "nola")}
+    generate_unadapted(stages, model, test, out / "base")
+    scores["base"] = score(stages, "base", out / "base")
     print(f"\n== demo finished in {time.perf_counter() - start:.0f} s; model: {model}")
     report(model, work, scores, e2e, out, plan)
     print(f"\nloss curves: python scripts/plot_log.py {work}")

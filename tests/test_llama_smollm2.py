@@ -1,6 +1,7 @@
-"""The LLaMA-2 path (src/llama_ft.py -> src/llama_merge.py) on real LLaMA-architecture weights:
-SmolLM2-135M-Instruct from the `smollm2_dir` fixture, NOLA on q_proj and v_proj for a few steps of
-an Alpaca-format file written here, then the merged folder against the adapter loaded on the base.
+"""The LLaMA-2 path (src/llama_ft.py -> src/llama_merge.py -> src/llama_beam.py) on real LLaMA-architecture
+weights: SmolLM2-135M-Instruct from the `smollm2_dir` fixture, NOLA on q_proj and v_proj for a few steps of
+an Alpaca-format file written here, then the merged folder against the adapter loaded on the base, and
+generation from the merged folder against generation from the base with the adapter.
 Kept cheap for CI: 2 updates of one short example each (a forward pass of this model on ~50 tokens
 takes ~1 s on two free cores, ~8 s on the loaded shared machine)."""
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from nola.adapters import set_merged
 from nola.hf_adapter import load_adapter
+from src.llama_beam import main as generate
 from src.llama_ft import main as train
 from src.llama_merge import main as merge
 
@@ -60,3 +62,14 @@ def test_nola_training_then_merge_on_smollm2_gives_the_adapted_logits(smollm2_di
     # float32 (here ~5e-5 at logits up to ~30 after 30 layers), so that comparison is relative to the scale.
     assert torch.equal(folded, merged_here)
     assert (folded - adapted).abs().max() <= 1e-5 * adapted.abs().max()
+
+    # Generation: the merged folder writes what the base with the adapter (merged at load) writes.
+    data = tmp_path / "test_formatted.jsonl"
+    data.write_text(json.dumps({"context": "name : Blue Spice | Type : coffee shop", "completion": "Blue Spice."}) + "\n")
+    beam = ["--bits", "32", "--device", "cpu", "--data", str(data), "--beam", "2", "--eval_len", "6"]
+    for name, source in (("merged", ["--model_name_or_path", str(merged_dir)]), ("adapter", ["--model_name_or_path", str(smollm2_dir), "--adapter", str(adapter)])):
+        generate(source + beam + ["--output_ref_file", str(tmp_path / f"{name}_ref.txt"),
+                                  "--output_pred_file", str(tmp_path / f"{name}_pred.txt")])
+    predicted = (tmp_path / "merged_pred.txt").read_text()
+    assert predicted.strip() and predicted == (tmp_path / "adapter_pred.txt").read_text()
+    assert (tmp_path / "merged_ref.txt").read_text() == "Blue Spice.\n\n"

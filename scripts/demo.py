@@ -48,7 +48,7 @@ class Plan:
 
     rank: int = 8
     num_basis: int = 256
-    steps: int = 40
+    steps: int = 80
     batch: int = 8
     lr: float = 0.02
     train_contexts: int = 500

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nola.cache import building, cache_root
-from nola.errors import run_cli
+from nola.errors import fail, run_cli
 from nola.fileio import check_writable, sha256_file
 from nola.formats import read_formatted
 
@@ -102,13 +102,19 @@ def subsets(stages: Stages, e2e: Path, plan: Plan) -> None:
 
 
 def unadapted_key(model: Path, data: Path) -> str:
-    """16 hex digits over everything the unadapted model's generation depends on: its weights, config and
-    tokenizer, the MRs, the beam flags, the generation code and the torch / transformers versions."""
+    """16 hex digits over everything the unadapted model's generation depends on: the model folder's files
+    (their SHA-256 as the fetch recorded and, in stage 1, just verified them), the MRs, the beam flags, the
+    generation code and the torch / transformers versions."""
     from importlib.metadata import version
 
-    digest = hashlib.sha256(json.dumps([BEAM_FLAGS, version("torch"), version("transformers")]).encode())
-    for path in (model / "model.safetensors", model / "config.json", model / "tokenizer.json", data,
-                 *(REPO / code for code in GENERATION_CODE)):
+    from nola.lm_fetch import read_record
+
+    record = read_record(model)
+    if record is None:
+        fail(f"{model} has no fetch record: run `bash download_pretrained_checkpoints.sh {MODEL}` again")
+    digest = hashlib.sha256(json.dumps([BEAM_FLAGS, version("torch"), version("transformers"),
+                                        record["files"]], sort_keys=True).encode())
+    for path in (data, *(REPO / code for code in GENERATION_CODE)):
         digest.update(f"{path.name}:{sha256_file(path)};".encode())
     return digest.hexdigest()[:16]
 

@@ -9,13 +9,14 @@ CUDA); run it under plain ``python``, ``python -m torch.distributed.launch`` or 
 
 A ``--dataset`` named ``*_formatted.jsonl`` (E2E / WebNLG / DART as create_datasets.sh writes them) trains
 data-to-text with :mod:`nola.d2t`'s prompt (see :mod:`nola.causal_data`); ``--eval_dataset`` logs a
-validation loss.
+validation loss. ``--peft_method vera|vblora|fourierft|tinylora --peft_options 'k=v,...'`` trains one of
+HF PEFT's methods instead, on the same loop (:mod:`nola.peft_baselines`).
 """
 from __future__ import annotations
 
 import argparse
 
-from nola.cli import adapter_request, add_adapter_flags, add_flags, config_from
+from nola.cli import adapter_request, add_adapter_flags, add_flags, add_peft_flags, config_from
 from nola.config import AlpacaTrainConfig, LaunchConfig, LlamaSource
 from nola.errors import run_cli
 from nola.llama_train import train_alpaca
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(parser, LaunchConfig, "launch", fields_only=("local_rank", "device", "threads", "dist_timeout"))
     add_flags(parser, LlamaSource, "model")
     add_adapter_flags(parser)
+    add_peft_flags(parser)
     add_flags(parser, AlpacaTrainConfig, "data, optimiser and outputs")
     return parser
 

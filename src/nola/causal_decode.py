@@ -89,10 +89,14 @@ def run_causal_decode(launch: LaunchConfig, source: LlamaSource, cfg: CausalDeco
     from nola.decode import group_outputs, write_outputs
     from nola.distributed import init_distributed
     from nola.hf_adapter import load_adapter
+    from nola.peft_baselines import is_peft_folder, merge_peft
 
     ctx = init_distributed(launch)
     model, tokenizer = load_causal_lm(source, ctx.device)
-    if cfg.adapter is not None:
+    if cfg.adapter is not None and is_peft_folder(cfg.adapter):
+        model = merge_peft(model, cfg.adapter)
+        log.info("PEFT adapter %s merged into the base weights", cfg.adapter)
+    elif cfg.adapter is not None:
         load_adapter(model, cfg.adapter)
         set_merged(model, True)
         log.info("adapter %s merged into the base weights: decoding costs exactly the base model", cfg.adapter)

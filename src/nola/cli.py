@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 from nola.config import (DEFAULT_QBITS, AdapterRequest, LaunchConfig, LoRAConfig, ModelSource, NOLAConfig,
                          flag_of, validate_values)
 from nola.errors import fail
+from nola.peft_baselines import parse_options
 
 if TYPE_CHECKING:  # torch is imported only once the flags are checked (fast one-line errors)
     import torch
@@ -95,6 +96,15 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, LoRAConfig, "LoRA (microsoft/LoRA baseline, via loralib)", track_given=True)
 
 
+def add_peft_flags(parser: argparse.ArgumentParser) -> None:
+    """--peft_method / --peft_options: one of PEFT's own methods as a baseline (:mod:`nola.peft_baselines`)."""
+    group = parser.add_argument_group("PEFT baselines (VeRA, VB-LoRA, FourierFT, TinyLoRA from HF PEFT)")
+    group.add_argument("--peft_method", default=None, help="vera, vblora, fourierft or tinylora: train PEFT's method "
+                       "instead of NOLA / LoRA, on --target_modules")
+    group.add_argument("--peft_options", default=None, help="the method's PEFT config options as key=value pairs, "
+                       "comma-separated (e.g. 'r=128,d_initial=0.1')")
+
+
 def adapter_request(args: argparse.Namespace) -> AdapterRequest:
     """The NOLA / LoRA settings the user gave; ``--qbits`` only with ``--qnola``."""
     nola = given(NOLAConfig, args)
@@ -108,7 +118,13 @@ def adapter_request(args: argparse.Namespace) -> AdapterRequest:
         validate_values(LoRAConfig, lora)
     except ValueError as exc:
         fail(str(exc))
-    return AdapterRequest(nola=nola, lora=lora)
+    method = getattr(args, "peft_method", None)
+    if method is None and getattr(args, "peft_options", None):
+        fail("--peft_options needs --peft_method (vera, vblora, fourierft or tinylora)")
+    peft = {} if method is None else {"method": method, "options": parse_options(args.peft_options)}
+    if peft and (nola or lora):
+        fail(f"--peft_method {method} with NOLA or LoRA flags: choose one adapter")
+    return AdapterRequest(nola=nola, lora=lora, peft=peft)
 
 
 def model_flags(args: argparse.Namespace) -> tuple[ModelSource, AdapterRequest]:

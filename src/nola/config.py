@@ -343,6 +343,7 @@ class AdapterRequest:
 
     nola: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
+    peft: dict = field(default_factory=dict)  # {"method": ..., "options": {...}}: a PEFT baseline (causal LMs)
 
     @property
     def wants_nola(self) -> bool:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapt
 from nola.log import get_logger
 from nola.model import count_trainable
 from nola.optim import Schedule, make_optimizer
+from nola.peft_baselines import add_peft, config_record, peft_config, save_peft
 from nola.resume import (RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume,
                          set_rng_state)
 from nola.workdir import append_row, claim, trim_log
@@ -93,9 +95,10 @@ class AlpacaTrainer:
 
     def __init__(self, cfg: AlpacaTrainConfig, source: LlamaSource, ctx: DistContext, model: nn.Module,
                  data: CausalExamples, valid: CausalExamples | None, pad_id: int, run: dict,
-                 resume: dict | None) -> None:
+                 resume: dict | None, write_adapter: Callable[[Path], dict]) -> None:
         check_target_logits(model)
         self.cfg, self.source, self.ctx, self.model, self.data, self.pad_id = cfg, source, ctx, model, data, pad_id
+        self.write_adapter = write_adapter  # writes the adapter files, returns resume.pt's adapter record
         self.valid = valid
         self.run, self.out = run, Path(cfg.output_dir)
         self.block = ctx.world_size * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
@@ -203,10 +206,7 @@ class AlpacaTrainer:
             raise NonFinite(self.step, "a trained parameter")
         rngs = gather_objects(rng_state(self.ctx.device), self.ctx)
         if self.ctx.is_main:
-            save_adapter(self.model, self.out)
-            spec = self.model.adapter_spec
-            meta = {"adapter": adapter_kind(spec.config), "config": spec.config.to_dict(),
-                    "base_model": base_identity(self.model)}
+            meta = self.write_adapter(self.out)
             save_resume(self.out, meta, {"step": self.step}, self.model, self.optimizer, self.scaler, rngs, self.run)
             log.info("saved the adapter and resume.pt in %s at step %d", self.out, self.step)
         self.saved = self.step
@@ -238,6 +238,24 @@ class AlpacaTrainer:
         log.info("end of training at step %d; adapter in %s", self.step, self.out)
 
 
+def native_writer(model: nn.Module) -> Callable[[Path], dict]:
+    """Saves of a NOLA / LoRA run: the adapter folder (:func:`nola.hf_adapter.save_adapter`)."""
+    def write(out: Path) -> dict:
+        save_adapter(model, out)
+        spec = model.adapter_spec
+        return {"adapter": adapter_kind(spec.config), "config": spec.config.to_dict(), "base_model": base_identity(model)}
+    return write
+
+
+def peft_writer(peft_model: nn.Module, model: nn.Module) -> Callable[[Path], dict]:
+    """Saves of a PEFT baseline run: PEFT's own adapter folder (:func:`nola.peft_baselines.save_peft`)."""
+    def write(out: Path) -> dict:
+        save_peft(peft_model, out)
+        config = config_record(peft_model.peft_config["default"])
+        return {"adapter": "peft", "config": config, "base_model": base_identity(model)}
+    return write
+
+
 def enable_checkpointing(model: nn.Module) -> None:
     """Non-reentrant activation checkpointing of every decoder layer (the frozen embeddings need no
     gradient), under the name this ``transformers`` has."""
@@ -264,19 +282,28 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
     valid = read_examples(cfg.eval_dataset, "--eval_dataset") if cfg.eval_dataset else None
     ctx = init_distributed(dataclasses.replace(launch, random_seed=cfg.train_seed))
     with guarded_run(ctx, cfg.output_dir, launch.dist_timeout) as state:
-        adapter = adapter_config(request, ctx.device)
-        run = run_record(cfg, source, {"kind": adapter_kind(adapter), **adapter.to_dict()}, ctx.world_size)
+        if request.peft:
+            peft_cfg = peft_config(request.peft["method"], request.peft["options"], source.targets)
+            method, recorded = f"peft {request.peft['method']}", {"kind": "peft", **request.peft}
+        else:
+            adapter = adapter_config(request, ctx.device)
+            method, recorded = adapter_kind(adapter), {"kind": adapter_kind(adapter), **adapter.to_dict()}
+        run = run_record(cfg, source, recorded, ctx.world_size)
         if resume is not None:
             check_resume(resume, run, cfg.resume)
         model, tokenizer = load_causal_lm(source, ctx.device)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
-        add_adapter(model, adapter, source)
+        if request.peft:
+            write = peft_writer(add_peft(model, peft_cfg), model)
+        else:
+            add_adapter(model, adapter, source)
+            write = native_writer(model)
         data = CausalExamples(kind, records, tokenizer, cfg.source_max_len, cfg.target_max_len)
         valid_data = None if valid is None else CausalExamples(*valid, tokenizer, cfg.source_max_len,
                                                                cfg.target_max_len, flag="--eval_dataset")
         trainer = state.trainer = AlpacaTrainer(cfg, source, ctx, model, data, valid_data, pad_token_id(tokenizer),
-                                                run, resume)
+                                                run, resume, write)
         out = trainer.out
         resumed = resume_path(cfg.resume).parent if cfg.resume else None
         state.lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
@@ -291,7 +318,7 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         per_epoch = len(data) // trainer.block
         log.info("%d process(es) on %s; %d %s examples, %d updates per epoch of %d examples; %s on %s: %s trainable "
                  "parameters; max_steps %d", ctx.world_size, ctx.device.type, len(data), kind, per_epoch, trainer.block,
-                 adapter_kind(adapter), ",".join(source.targets), f"{count_trainable(model):,}", cfg.max_steps)
+                 method, ",".join(source.targets), f"{count_trainable(model):,}", cfg.max_steps)
         if math.ceil(cfg.max_steps / per_epoch) > 1:
             log.info("max_steps %d covers %.2f epochs", cfg.max_steps, cfg.max_steps / per_epoch)
         barrier()

@@ -318,7 +318,7 @@ def test_smollm2_peft_equals_inject_saves_and_merges(smollm2_dir, tmp_path):
 @pytest.mark.slow
 def test_the_readme_trainer_example_runs_on_smollm2(smollm2_dir, tmp_path, monkeypatch):
     text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    code = text.split("### The PEFT way", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = text.split("\n## NOLA on any model\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert 'path = "pretrained_checkpoints/smollm2-135m-instruct"' in code
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

@@ -4,7 +4,7 @@
 #   Caltech-101 at 5 and 10 shots; 4 sampling seeds x 3 runs each, mean (std) accuracy.
 # Hyper-parameters: UCDvision/NOLA vit/run.sh (lr 5e-3, batch 16, 50 epochs, no warm-up, AMP) with only
 #   --train_type / --rank / --ka changed: the official code gives no other recipe for its baselines, so
-#   the paper's own learning rates for them may differ (see the README's ViT section).
+#   the paper's own learning rates for them may differ (see docs/vit.md).
 # Usage: bash scripts/paper/vit_l_linear.sh [--dataset D] [--shots K] [--dry-run] [--resume]   (see vit_common.sh)
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/vit_common.sh"

@@ -116,7 +116,7 @@ def projection_rows(device: torch.device, seq: int, repeats: int) -> list[dict]:
         group = cls("attn_q", 1, d, d, NOLAConfig(rank=8, qv=True, **settings)).to(device)
 
         def nola(group=group) -> None:
-            group.refresh()
+            group.forget()
             y = x @ weight + group.layer_delta(x, 0)
             y.square().mean().backward()
 

@@ -159,6 +159,25 @@ def test_resume_refuses_another_base_model(setup, tmp_path, capsys):
     assert torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["step"] == 1
 
 
+def test_resume_refuses_a_base_replaced_in_the_same_folder(setup, tmp_path, capsys):
+    """The same --model_name_or_path now holding another configuration (a model re-fetched into the
+    folder) is caught by the configuration hash resume.pt records: one error line, resume.pt kept."""
+    import shutil
+
+    folder = Path(shutil.copytree(setup["model"], tmp_path / "model"))
+    args = NOLA + ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--max_steps", "2",
+                   "--lr", "0.05", "--model_name_or_path", str(folder)]
+    main(common(setup, tmp_path / "run") + args + ["--stop_at_step", "1"])
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(common(setup, tmp_path / "run") + args + ["--resume", str(tmp_path / "run")]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("error: --resume") and "configuration differs" in err[-1], err
+    assert torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["step"] == 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -172,7 +172,7 @@ def test_nola_is_the_official_formula(train_type, roles, columns):
         torch.nn.init.normal_(group.alpha)
         torch.nn.init.normal_(group.beta)
         assert group.seeds_a == (group.seeds_a[0],) and group.basis_a.shape == (8, group.d_in * 2)
-        group.refresh()  # what the model's forward pre-hook does
+        group.forget()  # what the model's forward pre-hook does
     d = TOY["embed_dim"]
     for block_index, block in enumerate(model.blocks):
         for role, (module, part) in zip(roles, ((block.attn.qkv, 0), (block.attn.qkv, 2)) if columns else

@@ -222,10 +222,6 @@ class NOLAGroup(NOLABasis):
         a, b = self.factors()
         return torch.bmm(a, b)
 
-    def refresh(self) -> None:
-        """Forget the kept factors, so the next forward pass mixes them anew."""
-        self.forget()
-
     @property
     def live(self) -> bool:
         return not (self.merged or self.disabled)

@@ -238,6 +238,16 @@ class AlpacaTrainer:
         log.info("end of training at step %d; adapter in %s", self.step, self.out)
 
 
+def check_same_base(state: dict, model: nn.Module, where: str) -> None:
+    """A resumed run trains on the base it started on: the model at --model_name_or_path must have the
+    configuration the interrupted run recorded (one-line error otherwise)."""
+    recorded = (state.get("base_model") or {}).get("config_sha256")
+    now = base_identity(model)
+    if recorded is not None and recorded != now["config_sha256"]:
+        fail(f"--resume {where}: the interrupted run trained on a base whose configuration differs from "
+             f"{now['name_or_path'] or 'the model loaded now'}; resume with the model it started on")
+
+
 def native_writer(model: nn.Module) -> Callable[[Path], dict]:
     """Saves of a NOLA / LoRA run: the adapter folder (:func:`nola.hf_adapter.save_adapter`)."""
     def write(out: Path) -> dict:
@@ -294,6 +304,8 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         model, tokenizer = load_causal_lm(source, ctx.device)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
+        if resume is not None:
+            check_same_base(resume, model, cfg.resume)
         if request.peft:
             write = peft_writer(add_peft(model, peft_cfg), model)
         else:

@@ -70,10 +70,10 @@ def resume_path(where: str | os.PathLike) -> Path:
 def load_resume(where: str | os.PathLike) -> dict:
     """Read and check a resume file; one-line errors for a missing, truncated, damaged or foreign file."""
     path = resume_path(where)
-    state = read_file(path, RESUME_FIX, missing=f"no {RESUME_FILE} at --resume {where}; it is written with every "
-                      f"checkpoint (--save_interval) of a gpt2_ft.py run")
+    state = read_file(path, RESUME_FIX, missing=f"no {RESUME_FILE} at --resume {where}; every save of a "
+                      f"gpt2_ft.py, llama_ft.py or vit_ft.py run writes one beside its outputs")
     if state.get("format") != RESUME_FORMAT:
-        fail(f"--resume {path}: not a resume file written by gpt2_ft.py")
+        fail(f"--resume {path}: not a resume file written by gpt2_ft.py, llama_ft.py or vit_ft.py")
     check_sealed(state, path, RESUME_FIX)
     check_schema(state, _SCHEMA, path, RESUME_FIX)
     check_tensors(state["trainable"], path, "trainable", RESUME_FIX)

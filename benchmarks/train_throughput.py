@@ -25,7 +25,7 @@ from torch.utils.data import default_collate
 
 from nola.data import FTDataset, convert, encode_file, make_loader, trim_collate
 from nola.dropout import pad_dropout_to
-from nola.layers import LoRAConfig, NOLAConfig
+from nola.config import LoRAConfig, NOLAConfig
 from nola.model import GPT2Config, GPT2LMModel, lm_loss
 from nola.objective import MaskedLM, masked_nll_sum
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from nola.config import AdapterConfig, NOLAConfig
 from nola.errors import fail
-from nola.layers import NOLAGroup, NOLASlot, set_lora_merged
+from nola.layers import NOLAGroup, NOLASlot
 
 # role -> (module path suffix, part of the output, number of equal parts)
 GPT2_ROLES = {
@@ -223,6 +223,8 @@ def set_merged(model: nn.Module, merged: bool) -> None:
             group.set_merged(merged)
     for module in model.modules():
         if hasattr(module, "lora_A") and hasattr(module, "merged"):
+            from nola.lora_inject import set_lora_merged  # loralib is imported only where a LoRA layer exists
+
             set_lora_merged(module, merged)
 
 

@@ -25,7 +25,6 @@ from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.integrity import CONTENT_KEY, check_digest, content_digest, read_file
 from nola.adapters import adapter_state, inject, is_adapter_key, is_merged, set_merged
-from nola.lora_inject import inject_lora
 from nola.quant import pack_state, unpack_state
 
 CONFIG_FILE = "adapter_config.json"
@@ -175,7 +174,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, trainable: bool
     if cfg is None:
         fail(f"{source}: adapter kind {header['adapter']!r} is neither 'nola' nor 'lora': save the adapter again")
     if getattr(model, "adapter_spec", None) is None:
-        (inject if header["adapter"] == "nola" else inject_lora)(model, cfg, header["target_modules"])
+        if header["adapter"] == "nola":
+            inject(model, cfg, header["target_modules"])
+        else:
+            from nola.lora_inject import inject_lora  # loralib only for a LoRA adapter
+
+            inject_lora(model, cfg, header["target_modules"])
     else:
         _check_spec(model, header, source)
     expected = adapter_state(model)

@@ -16,13 +16,11 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import loralib
 import torch
 from torch import nn
 
 from nola.basis import basis_seed, uniform_rows
-from nola.config import LoRAConfig, NOLAConfig
-from nola.dropout import PaddedDropout
+from nola.config import NOLAConfig
 from nola.errors import fail
 from nola.quant import fake_quant
 
@@ -304,35 +302,3 @@ class _SlotsHook:
         if at < width:
             pieces.append(pieces[-1].new_zeros(*output.shape[:-1], width - at))
         return output + torch.cat(pieces, dim=-1)
-
-
-def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
-    """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it;
-    its dropout draws the padded batch's masks (:class:`nola.dropout.PaddedDropout`)."""
-    layer = loralib.MergedLinear(
-        n_embd, 3 * n_embd, r=cfg.dim, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False,
-    )
-    if cfg.dropout > 0:
-        layer.lora_dropout = PaddedDropout(cfg.dropout)
-    return layer
-
-
-def lora_delta(layer: loralib.LoRALayer) -> torch.Tensor:
-    """loralib's ΔW of ``layer`` in its weight's layout (scaling included)."""
-    if isinstance(layer, loralib.MergedLinear):
-        return layer.merge_AB() * layer.scaling
-    delta = layer.lora_B @ layer.lora_A * layer.scaling
-    return delta.t() if layer.fan_in_fan_out else delta
-
-
-@torch.no_grad()
-def set_lora_merged(layer: loralib.LoRALayer, merged: bool) -> None:
-    """Fold loralib's ΔW into its weight (or out again). ``merged`` is loralib's own switch that its
-    forward reads; setting it here, once, keeps loralib's forward from adding ΔW a second time."""
-    if merged == layer.merged:
-        return
-    sign = 1.0 if merged else -1.0
-    layer.weight += sign * lora_delta(layer).to(layer.weight.dtype)
-    layer.merged = merged
-

@@ -10,6 +10,7 @@ the original weight and bias tensors; merging goes through :func:`nola.adapters.
 from __future__ import annotations
 
 import loralib
+import torch
 from torch import nn
 
 from nola.config import LoRAConfig
@@ -52,3 +53,22 @@ def _lora_layer(module: nn.Module, cols: list[slice], in_out: bool, cfg: LoRACon
     layer.weight = weight
     layer.bias = module.bias
     return layer
+
+
+def lora_delta(layer: loralib.LoRALayer) -> torch.Tensor:
+    """loralib's ΔW of ``layer`` in its weight's layout (scaling included)."""
+    if isinstance(layer, loralib.MergedLinear):
+        return layer.merge_AB() * layer.scaling
+    delta = layer.lora_B @ layer.lora_A * layer.scaling
+    return delta.t() if layer.fan_in_fan_out else delta
+
+
+@torch.no_grad()
+def set_lora_merged(layer: loralib.LoRALayer, merged: bool) -> None:
+    """Fold loralib's ΔW into its weight (or out again). ``merged`` is loralib's own switch that its
+    forward reads; setting it here, once, keeps loralib's forward from adding ΔW a second time."""
+    if merged == layer.merged:
+        return
+    sign = 1.0 if merged else -1.0
+    layer.weight += sign * lora_delta(layer).to(layer.weight.dtype)
+    layer.merged = merged

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import loralib
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,9 +16,22 @@ from nola.card import GPT2Config  # noqa: F401  (re-exported: the model's hyper-
 from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
 from nola.distributed import rank_share
-from nola.layers import lora_attention
+from nola.dropout import PaddedDropout
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+
+def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
+    """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it;
+    its dropout draws the padded batch's masks (:class:`nola.dropout.PaddedDropout`)."""
+    layer = loralib.MergedLinear(
+        n_embd, 3 * n_embd, r=cfg.dim, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False,
+    )
+    if cfg.dropout > 0:
+        layer.lora_dropout = PaddedDropout(cfg.dropout)
+    return layer
 
 
 class Conv1D(nn.Module):

@@ -120,7 +120,7 @@ def test_llama_beam_decodes_the_merged_peft_model_as_peft_s_unmerged_model_does(
     (["--peft_method", "vera", "--peft_options", "rank=4"], "VeraConfig has no option 'rank'"),
     (["--peft_method", "vera", "--peft_options", "r"], "'r' is not key=value"),
     (["--peft_options", "r=4"], "--peft_options needs --peft_method"),
-    (["--peft_method", "vera", "--nola_rank", "4"], "--peft_method vera with NOLA or LoRA flags: choose one adapter"),
+    (["--peft_method", "vera", "--nola_rank", "4"], "NOLA (--nola_*, --qnola) and PEFT's vera (--peft_method) flags cannot be combined: choose one adapter"),
     (["--peft_method", "vera", "--target_modules", "nope"], "--target_modules"),
 ], ids=["method", "option", "syntax", "no-method", "two-adapters", "target"])
 def test_bad_peft_flags_stop_with_one_error_line(setup, tmp_path, capsys, extra, message):

@@ -37,8 +37,8 @@ def model_config(card: str) -> GPT2Config:
 def resolve_adapter(request: AdapterRequest, mode: str, recorded: AdapterConfig | None = None) -> AdapterConfig | None:
     """The adapter to build: the checkpoint's (``recorded``) checked against what was given, or one
     built from what was given. Contradictions and NOLA+LoRA together are errors."""
-    if request.wants_nola and request.wants_lora:
-        fail("NOLA (--nola_*) and LoRA (--lora_*) flags cannot be combined: choose one adapter")
+    if request.conflict():
+        fail(request.conflict())
     if recorded is not None:
         return _check_recorded(recorded, request, mode)
     try:

@@ -77,8 +77,8 @@ def load_causal_lm(source: LlamaSource, device: torch.device) -> tuple[nn.Module
 
 def adapter_config(request: AdapterRequest, device: torch.device) -> NOLAConfig | LoRAConfig:
     """The one adapter the flags ask for (NOLA: bases on the fly on CUDA, kept in memory on CPU)."""
-    if request.wants_nola and request.wants_lora:
-        fail("both NOLA (--nola_rank/--qnola) and LoRA (--lora_dim) flags were given: choose one adapter")
+    if request.conflict():
+        fail(request.conflict())
     if any(request.nola.get(k) for k in ("qv", "mlp")):
         fail("--nola_qv / --nola_mlp name GPT-2 projections: choose LLaMA projections with --target_modules")
     try:

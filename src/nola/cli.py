@@ -122,9 +122,10 @@ def adapter_request(args: argparse.Namespace) -> AdapterRequest:
     if method is None and getattr(args, "peft_options", None):
         fail("--peft_options needs --peft_method (vera, vblora, fourierft or tinylora)")
     peft = {} if method is None else {"method": method, "options": parse_options(args.peft_options)}
-    if peft and (nola or lora):
-        fail(f"--peft_method {method} with NOLA or LoRA flags: choose one adapter")
-    return AdapterRequest(nola=nola, lora=lora, peft=peft)
+    request = AdapterRequest(nola=nola, lora=lora, peft=peft)
+    if request.conflict():
+        fail(request.conflict())
+    return request
 
 
 def model_flags(args: argparse.Namespace) -> tuple[ModelSource, AdapterRequest]:

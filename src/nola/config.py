@@ -355,6 +355,16 @@ class AdapterRequest:
         """``--lora_dim`` above 0 (microsoft/LoRA: 0 means no LoRA)."""
         return self.lora.get("dim", 0) > 0
 
+    def conflict(self) -> str | None:
+        """The one message for adapters asked for together (None when at most one is)."""
+        asked = [name for name, wanted in (("NOLA (--nola_*, --qnola)", self.wants_nola),
+                                           ("LoRA (--lora_*)", self.wants_lora),
+                                           (f"PEFT's {self.peft.get('method')} (--peft_method)", bool(self.peft)))
+                 if wanted]
+        if len(asked) < 2:
+            return None
+        return f"{' and '.join(asked)} flags cannot be combined: choose one adapter"
+
 
 # The seven linear projections of every LLaMA decoder layer (what qlora.py's find_all_linear_names finds).
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -135,7 +135,9 @@ def run(cmd: list[str], log: Path, stdout: Path | None = None) -> Proc:
     if child.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         print("\n".join("   " + line for line in tail), file=sys.stderr)
-        fail(f"{Path(cmd[1]).name} failed (exit {child.returncode}): see {log}")
+        print(f"real_table: {Path(cmd[1]).name} failed (exit {child.returncode}): see {log}; run again to go on "
+              f"from the last finished stage", file=sys.stderr)
+        raise SystemExit(1)  # a failed stage, not bad input: exit 2 is kept for the one-line errors
     return Proc(time.perf_counter() - start, usage.ru_maxrss / 1024, log)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from nola.decode import FILTERS, PADS, REF_TYPES, decode_files
+from nola.decoding.decode import FILTERS, PADS, REF_TYPES, decode_files
 from nola.errors import run_cli
 from nola.log import get_logger
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from nola.errors import fail
-from nola.textio import read_text
+from nola.train.textio import read_text
 
 IGNORE_INDEX = -100
 ALPACA_FILE = "data/alpaca/alpaca_data.json"  # what scripts/llama/download_data.sh writes

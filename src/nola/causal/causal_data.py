@@ -2,11 +2,11 @@
 
 The kind of a ``--dataset`` / ``--eval_dataset`` file is its name's: ``*_formatted.jsonl`` is
 data-to-text (E2E, WebNLG or DART ``{"context", "completion"}`` records as ``create_datasets.sh``
-writes them, read by :func:`nola.formats.read_formatted`); ``alpaca`` or any other file is Alpaca
-(:mod:`nola.alpaca`). The suffix, not the records, decides, so a file is never read two ways; the
+writes them, read by :func:`nola.train.formats.read_formatted`); ``alpaca`` or any other file is Alpaca
+(:mod:`nola.causal.alpaca`). The suffix, not the records, decides, so a file is never read two ways; the
 GPT-2-encoded ``<split>.jsonl`` beside a formatted file is refused with a pointer to the formatted one.
 
-A data-to-text record becomes :func:`nola.d2t.prompt_ids` + :func:`nola.d2t.target_ids` (the one
+A data-to-text record becomes :func:`nola.causal.d2t.prompt_ids` + :func:`nola.causal.d2t.target_ids` (the one
 prompt rule, shared with generation), with the labels ``IGNORE_INDEX`` on the prompt: the loss is on
 the target and its EOS only. Both parts are cut on the right by ``--source_max_len`` /
 ``--target_max_len``, as Alpaca's are.
@@ -18,9 +18,9 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
-from nola import alpaca, d2t
+from nola.causal import alpaca, d2t
 from nola.errors import fail
-from nola.formats import read_formatted
+from nola.train.formats import read_formatted
 
 D2T_SUFFIX = "_formatted.jsonl"
 

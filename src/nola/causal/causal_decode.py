@@ -1,9 +1,9 @@
 """Data-to-text decoding with any ``transformers`` causal LM, straight to the scorers' files.
 
 The whole of ``src/llama_beam.py``: the formatted jsonl's distinct contexts (first-appearance order)
-become :mod:`nola.d2t` prompts, each is beam-searched once by :mod:`nola.beam`'s rule (contexts
+become :mod:`nola.causal.d2t` prompts, each is beam-searched once by :mod:`nola.decoding.beam`'s rule (contexts
 batched, stopping at the tokenizer's EOS), and the reference / prediction files are written exactly
-as ``gpt2_decode.py`` writes them (:mod:`nola.decode`), so ``eval/e2e/measure_scores.py`` and the
+as ``gpt2_decode.py`` writes them (:mod:`nola.decoding.decode`), so ``eval/e2e/measure_scores.py`` and the
 WebNLG / DART scorers read them unchanged.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = get_logger(__name__)
 
 def check_request(source: LlamaSource, cfg: CausalDecodeConfig, device: str) -> None:
     """Every check that needs no weights: outputs writable, data and adapter present, bits usable."""
-    from nola.causal_lm import check_bits, check_source
+    from nola.causal.causal_lm import check_bits, check_source
 
     check_writable(cfg.output_ref_file, "--output_ref_file", folder=cfg.ref_type != "e2e")
     check_writable(cfg.output_pred_file, "--output_pred_file")
@@ -43,8 +43,8 @@ def check_request(source: LlamaSource, cfg: CausalDecodeConfig, device: str) -> 
 
 def records_to_decode(cfg: CausalDecodeConfig) -> tuple[list[dict], list[str]]:
     """The records kept by ``--filter`` and ``--max_contexts`` and their distinct contexts, in order."""
-    from nola.decode import keep_records
-    from nola.formats import read_formatted
+    from nola.decoding.decode import keep_records
+    from nola.train.formats import read_formatted
 
     records = read_formatted(cfg.data)
     if not records:
@@ -59,9 +59,9 @@ def records_to_decode(cfg: CausalDecodeConfig) -> tuple[list[dict], list[str]]:
 
 def decode_prompts(model: torch.nn.Module, tokenizer, contexts: list[str], settings: BeamSettings,
                    batch_size: int) -> list[list[int]]:
-    """Beam-search every context's :func:`nola.d2t.prompt_ids`; the generated ids, without their EOS."""
-    from nola.beam import decode_contexts
-    from nola.d2t import prompt_ids
+    """Beam-search every context's :func:`nola.causal.d2t.prompt_ids`; the generated ids, without their EOS."""
+    from nola.decoding.beam import decode_contexts
+    from nola.causal.d2t import prompt_ids
 
     queries = [prompt_ids(tokenizer, c) for c in contexts]
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -84,12 +84,12 @@ def run_causal_decode(launch: LaunchConfig, source: LlamaSource, cfg: CausalDeco
     check_request(source, cfg, launch.device)
     records, contexts = records_to_decode(cfg)
     from nola.adapters import set_merged
-    from nola.causal_lm import load_causal_lm
-    from nola.d2t import eos_id
-    from nola.decode import group_outputs, write_outputs
-    from nola.distributed import init_distributed
+    from nola.causal.causal_lm import load_causal_lm
+    from nola.causal.d2t import eos_id
+    from nola.decoding.decode import group_outputs, write_outputs
+    from nola.train.distributed import init_distributed
     from nola.hf_adapter import load_adapter
-    from nola.peft_baselines import is_peft_folder, merge_peft
+    from nola.causal.peft_baselines import is_peft_folder, merge_peft
 
     ctx = init_distributed(launch)
     model, tokenizer = load_causal_lm(source, ctx.device)

@@ -5,7 +5,7 @@ for LLaMA-2) at every position of the batch and then ignores the prompt and padd
 the model's own forward is asked for the logits of the target positions only: ``logits_to_keep`` as
 a (B, T) boolean mask, which every causal LM built on ``transformers``' ``slice_logits_to_keep``
 accepts, selects the final hidden states before the head. So the decoder body runs once over the
-batch (right-padded to its longest sequence by :func:`nola.alpaca.collate`), and the head, with
+batch (right-padded to its longest sequence by :func:`nola.causal.alpaca.collate`), and the head, with
 whatever the model does after it (embeddings tied to the head as SmolLM2's, Granite's logits
 scaling, Gemma-2's soft-capping), on the kept rows only; the summed NLL over the kept rows is the
 ``labels=`` loss times its token count. Calling the model itself, not its body, keeps every hook on
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nola.alpaca import IGNORE_INDEX
+from nola.causal.alpaca import IGNORE_INDEX
 from nola.errors import fail
 
 
@@ -35,7 +35,7 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def with_loss_positions(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``batch`` (of :func:`nola.alpaca.collate`) plus ``keep`` and ``targets``."""
+    """``batch`` (of :func:`nola.causal.alpaca.collate`) plus ``keep`` and ``targets``."""
     keep, targets = loss_positions(batch["labels"])
     return {**batch, "keep": keep, "targets": targets}
 

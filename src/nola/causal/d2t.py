@@ -2,7 +2,7 @@
 
 The GPT-2 pipeline feeds ``context ids + <|endoftext|> + completion ids + <|endoftext|>``; a causal LM
 with its own tokenizer gets the same shape in text: the context (the E2E meaning representation or
-the linearised triples of :mod:`nola.formats`) followed by `` ||``, then the completion after one space,
+the linearised triples of :mod:`nola.train.formats`) followed by `` ||``, then the completion after one space,
 then the tokenizer's end-of-sequence token. The prompt is tokenized as the tokenizer does by default
 (LLaMA-2's adds its BOS, SmolLM2's adds nothing), the target without special tokens; the two are
 tokenized separately, so training and generation see the same prompt ids and the loss covers exactly

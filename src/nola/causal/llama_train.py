@@ -1,5 +1,5 @@
 """Fine-tuning of a ``transformers`` causal LM (LLaMA-2, SmolLM2) with NOLA or LoRA on Alpaca or
-data-to-text (:mod:`nola.causal_data`): the loop behind ``src/llama_ft.py``.
+data-to-text (:mod:`nola.causal.causal_data`): the loop behind ``src/llama_ft.py``.
 
 One step is one optimiser update (the Hugging Face Trainer's ``max_steps``, as UCDvision/NOLA's
 qlora.py counts): every process takes ``gradient_accumulation_steps`` micro-batches of
@@ -9,7 +9,7 @@ rank ``r`` takes the ``r``-th part of the block), so the data position is a func
 alone. The loss is the summed token NLL of the update's response tokens divided by their total
 number over all micro-batches and processes, so 2 processes give the gradient of 1 process at
 twice the batch, and accumulation the gradient of one big batch. The LM head runs at the target
-positions only (:mod:`nola.causal_objective`), and the host waits for the device only when a line is
+positions only (:mod:`nola.causal.causal_objective`), and the host waits for the device only when a line is
 logged, a validation is run or a save is written (the non-finite check is a flag on the device).
 
 With ``--eval_dataset``, the validation loss (the token-mean NLL of every target token of the file)
@@ -17,7 +17,7 @@ is computed every ``--eval_steps`` updates and after the last one, and logged as
 ``{"step", "split": "valid", "loss", "tokens"}``.
 
 Outputs in ``--output_dir``: the adapter folder files (:func:`nola.hf_adapter.save_adapter`), rewritten
-every ``--save_steps`` updates and at the end, ``resume.pt`` (:mod:`nola.resume`) beside them and
+every ``--save_steps`` updates and at the end, ``resume.pt`` (:mod:`nola.train.resume`) beside them and
 ``log.jsonl`` (one row per logged update).
 """
 from __future__ import annotations
@@ -33,23 +33,23 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nola.alpaca import collate, pad_token_id
-from nola.causal_data import CausalExamples, read_examples
-from nola.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
-from nola.causal_objective import check_target_logits, target_logits, target_nll_sum, with_loss_positions
+from nola.causal.alpaca import collate, pad_token_id
+from nola.causal.causal_data import CausalExamples, read_examples
+from nola.causal.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
+from nola.causal.causal_objective import check_target_logits, target_logits, target_nll_sum, with_loss_positions
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
-from nola.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides, rank_share
+from nola.train.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides, rank_share
 from nola.errors import fail
-from nola.faults import NonFinite, guarded_run
+from nola.train.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
 from nola.log import get_logger
-from nola.model import count_trainable
-from nola.optim import Schedule, make_optimizer
-from nola.peft_baselines import add_peft, config_record, peft_config, save_peft
-from nola.resume import (RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume,
+from nola.gpt2.model import count_trainable
+from nola.train.optim import Schedule, make_optimizer
+from nola.causal.peft_baselines import add_peft, config_record, peft_config, save_peft
+from nola.train.resume import (RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume,
                          set_rng_state)
-from nola.workdir import append_row, claim, trim_log
+from nola.train.workdir import append_row, claim, trim_log
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
@@ -61,7 +61,7 @@ RUN_KEYS = ("dataset", "source_max_len", "target_max_len", "per_device_train_bat
 
 
 def optim_config(cfg: AlpacaTrainConfig) -> OptimConfig:
-    """The optimiser settings as :mod:`nola.optim` takes them (bias-corrected AdamW, as torch / HF)."""
+    """The optimiser settings as :mod:`nola.train.optim` takes them (bias-corrected AdamW, as torch / HF)."""
     return OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, correct_bias=True, adam_epsilon=cfg.adam_epsilon,
                        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, scheduler=cfg.lr_scheduler_type,
                        warmup_step=cfg.warmup_steps, max_step=cfg.max_steps)
@@ -258,7 +258,7 @@ def native_writer(model: nn.Module) -> Callable[[Path], dict]:
 
 
 def peft_writer(peft_model: nn.Module, model: nn.Module) -> Callable[[Path], dict]:
-    """Saves of a PEFT baseline run: PEFT's own adapter folder (:func:`nola.peft_baselines.save_peft`)."""
+    """Saves of a PEFT baseline run: PEFT's own adapter folder (:func:`nola.causal.peft_baselines.save_peft`)."""
     def write(out: Path) -> dict:
         save_peft(peft_model, out)
         config = config_record(peft_model.peft_config["default"])

@@ -25,7 +25,7 @@ from nola.config import LaunchConfig, LlamaSource, MMLUConfig
 from nola.errors import fail
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
-from nola.textio import read_text
+from nola.train.textio import read_text
 
 log = get_logger(__name__)
 
@@ -117,7 +117,7 @@ def evaluate(model: nn.Module, tokenizer, data_dir: str | Path, split: str = "te
 
 def run_mmlu(launch: LaunchConfig, source: LlamaSource, cfg: MMLUConfig) -> dict:
     """Load the base (and ``--adapter``, merged unless the base is 4/8-bit), score, write ``cfg.output``."""
-    from nola.causal_lm import check_bits, check_source, load_causal_lm
+    from nola.causal.causal_lm import check_bits, check_source, load_causal_lm
     from nola.hf_adapter import load_adapter
     from nola.adapters import set_merged
 

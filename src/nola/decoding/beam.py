@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nola.config import BeamSettings
-from nola.dataset import FTDataset
-from nola.distributed import DistContext, gather_objects
+from nola.gpt2.dataset import FTDataset
+from nola.train.distributed import DistContext, gather_objects
 from nola.errors import fail
 from nola.fileio import atomic_open
 from nola.log import get_logger
-from nola.model import GPT2LMModel
+from nola.gpt2.model import GPT2LMModel
 
 log = get_logger(__name__)
 

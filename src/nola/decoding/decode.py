@@ -23,8 +23,8 @@ from pathlib import Path
 from nola.config import FILTERS, PADS, REF_TYPES
 from nola.errors import fail
 from nola.fileio import atomic_open, check_writable
-from nola.formats import read_formatted
-from nola.textio import text_lines
+from nola.train.formats import read_formatted
+from nola.train.textio import text_lines
 
 EOS_TEXT = "<|endoftext|>"
 # Everything str.splitlines() splits on: a scorer reading the files must see one line per text.
@@ -168,7 +168,7 @@ def decode_files(sample_file: str, input_file: str, vocab: str, output_ref_file:
                  ref_type: str = "e2e", ref_num: int = 4, tokenize: bool = False, lower: bool = False,
                  keep: str = "all", pad: str = "first") -> int:
     """The whole of ``gpt2_decode.py``; returns the number of distinct contexts written."""
-    from nola.tokenizer import load_tokenizer, read_encoder
+    from nola.gpt2.tokenizer import load_tokenizer, read_encoder
 
     if ref_num < 1:
         fail(f"--ref_num {ref_num}: must be >= 1 (the number of reference files to write)")

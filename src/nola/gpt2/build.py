@@ -10,14 +10,14 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from nola.card import card_config
-from nola.checkpoint import (adapter_config_from, adapter_tensors, check_metadata, is_adapter,
+from nola.gpt2.card import card_config
+from nola.gpt2.checkpoint import (adapter_config_from, adapter_tensors, check_metadata, is_adapter,
                              load_adapter_tensors, load_base_weights, read_checkpoint, split_state)
 from nola.errors import fail
 from nola.fileio import sha256_file
 from nola.config import AdapterConfig, AdapterRequest, LoRAConfig, ModelSource, NOLAConfig, flag_of, identity_fields
 from nola.log import get_logger
-from nola.model import GPT2Config, GPT2LMModel, describe_trainable
+from nola.gpt2.model import GPT2Config, GPT2LMModel, describe_trainable
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nola.config import BeamSettings
 from nola.errors import fail
-from nola.textio import read_json
+from nola.train.textio import read_json
 
 CARDS = {
     "gpt2.sm": {"n_embd": 768, "n_layer": 12, "n_head": 12},

@@ -19,7 +19,7 @@ from nola.integrity import check_schema, check_sealed, check_tensors, read_file,
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.adapters import is_adapter_key
 from nola.log import get_logger
-from nola.model import GPT2Config, GPT2LMModel, redraw_tied_head
+from nola.gpt2.model import GPT2Config, GPT2LMModel, redraw_tied_head
 from nola.quant import pack_state, unpack_state
 
 ADAPTER_FORMAT = "nola-adapter"
@@ -110,7 +110,7 @@ def metadata(model: GPT2LMModel, base_path: str | None, base_sha256: str | None)
     """The one metadata block written into adapter files, ``resume.pt`` and exports: format
     version, adapter kind and configuration, model card, and the base checkpoint's identity. Files
     carrying it are written through :func:`nola.integrity.seal` (``content_sha256``) and checked
-    when read (:func:`read_checkpoint`, :func:`nola.resume.load_resume`)."""
+    when read (:func:`read_checkpoint`, :func:`nola.train.resume.load_resume`)."""
     cfg = model.adapter
     return {"version": FORMAT_VERSION, "adapter": adapter_kind(cfg), "config": cfg.to_dict() if cfg else None,
             "model_config": model.config.to_dict(), "base": {"path": base_path, "sha256": base_sha256}}

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 
 from nola.config import TrainConfig
 from nola.errors import fail
-from nola.textio import text_lines
+from nola.train.textio import text_lines
 
 FIX_HINT = "re-encode it with `bash create_datasets.sh` (or src/gpt2_encode.py --vocab ./vocab)"
 

@@ -14,8 +14,8 @@ import torch
 
 from nola.fileio import atomic_open
 from nola.adapters import is_adapter_key
-from nola.model import GPT2LMModel
-from nola.tokenizer import EOS_ID
+from nola.gpt2.model import GPT2LMModel
+from nola.gpt2.tokenizer import EOS_ID
 
 
 def hf_state_dict(model: GPT2LMModel) -> dict[str, torch.Tensor]:

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nola.card import GPT2Config  # noqa: F401  (re-exported: the model's hyper-parameters)
+from nola.gpt2.card import GPT2Config  # noqa: F401  (re-exported: the model's hyper-parameters)
 from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
-from nola.distributed import rank_share
-from nola.dropout import PaddedDropout
+from nola.train.distributed import rank_share
+from nola.gpt2.dropout import PaddedDropout
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -24,7 +24,7 @@ Past = list[tuple[torch.Tensor, torch.Tensor]]
 
 def lora_attention(n_embd: int, cfg: LoRAConfig) -> loralib.MergedLinear:
     """The fused q/k/v projection with LoRA on q and v, exactly as microsoft/LoRA's GPT-2 builds it;
-    its dropout draws the padded batch's masks (:class:`nola.dropout.PaddedDropout`)."""
+    its dropout draws the padded batch's masks (:class:`nola.gpt2.dropout.PaddedDropout`)."""
     layer = loralib.MergedLinear(
         n_embd, 3 * n_embd, r=cfg.dim, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         enable_lora=[True, False, True], fan_in_fan_out=True, merge_weights=False,
@@ -232,7 +232,7 @@ def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     ``(1-ε)·nll + ε·mean(-log p)``, summed over masked tokens and divided by ``Σmask + 1e-4``.
 
     Under DDP, ``tokens`` is ``Σmask`` summed over the ranks of the micro-step and the result this
-    rank's :func:`~nola.distributed.rank_share` of the all-rank batch's loss (the defaults: one process)."""
+    rank's :func:`~nola.train.distributed.rank_share` of the all-rank batch's loss (the defaults: one process)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     loss = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     if label_smooth > 0:

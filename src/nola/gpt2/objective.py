@@ -2,9 +2,9 @@
 
 The original runs the 50,257-way LM head and log-softmax at every position of a padded batch and
 then multiplies most of them by mask 0. Here the final hidden states of the loss positions (the
-``positions`` of :func:`nola.dataset.trim_collate`) are gathered first and the head and loss run
+``positions`` of :func:`nola.gpt2.dataset.trim_collate`) are gathered first and the head and loss run
 on those rows only: the same per-token numbers, the same sum and the same ``Σmask + 1e-4``
-denominator (:func:`nola.model.lm_loss`). The positions come from the collate on the host, so
+denominator (:func:`nola.gpt2.model.lm_loss`). The positions come from the collate on the host, so
 nothing waits for the device.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nola.model import GPT2LMModel, lm_loss
+from nola.gpt2.model import GPT2LMModel, lm_loss
 
 
 def head_at(hidden: torch.Tensor, head_weight: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,7 @@ def head_at(hidden: torch.Tensor, head_weight: torch.Tensor, positions: torch.Te
 def masked_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                    positions: torch.Tensor, label_smooth: float = 0.0, tokens: torch.Tensor | None = None,
                    world_size: int = 1) -> torch.Tensor:
-    """:func:`nola.model.lm_loss` of the full logits, computed at ``positions`` (mask ≠ 0) only."""
+    """:func:`nola.gpt2.model.lm_loss` of the full logits, computed at ``positions`` (mask ≠ 0) only."""
     picked = lambda t: t.flatten().index_select(0, positions)  # noqa: E731
     return lm_loss(head_at(hidden, head_weight, positions), picked(target), picked(mask), label_smooth, tokens,
                    world_size)
@@ -42,7 +42,7 @@ def masked_nll_sum(model: GPT2LMModel, batch: dict[str, torch.Tensor]) -> tuple[
 class MaskedLM(nn.Module):
     """The training loss of a batch as one module, so DistributedDataParallel can wrap it. Under
     ``world_size`` ranks, ``tokens`` is the micro-step's ``Σmask`` over all of them (see
-    :func:`nola.model.lm_loss`)."""
+    :func:`nola.gpt2.model.lm_loss`)."""
 
     def __init__(self, model: GPT2LMModel, world_size: int = 1) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 an adapter folder on a ``transformers`` causal LM weighs next to LoRA's.
 
 The model is built on the meta device (no memory, no weights), its adapter tensors are replaced by
-zeros of the right shapes, and the file is written by :func:`nola.checkpoint.save_adapter` itself,
+zeros of the right shapes, and the file is written by :func:`nola.gpt2.checkpoint.save_adapter` itself,
 so the figure includes the exact container overhead (zip records, pickled metadata) and the b-bit
 packing. Values do not change the size: tensors are stored uncompressed.
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nola.checkpoint import save_adapter
+from nola.gpt2.checkpoint import save_adapter
 from nola.config import LoRAConfig, NOLAConfig
-from nola.model import GPT2Config, GPT2LMModel, count_trainable
+from nola.gpt2.model import GPT2Config, GPT2LMModel, count_trainable
 
 PAPER_BASE = "./pretrained_checkpoints/gpt2-{size}-pytorch_model.bin"
 _CARD_SIZE = {"gpt2.sm": "small", "gpt2.md": "medium", "gpt2.lg": "large"}

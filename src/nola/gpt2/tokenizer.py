@@ -17,8 +17,8 @@ from pathlib import Path
 from nola.config import EOS_ID
 from nola.errors import fail
 from nola.fileio import atomic_open, check_writable
-from nola.formats import read_formatted
-from nola.textio import read_json, read_text
+from nola.train.formats import read_formatted
+from nola.train.textio import read_json, read_text
 
 EOS_TOKEN = "<|endoftext|>"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")

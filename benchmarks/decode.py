@@ -20,7 +20,7 @@ import torch
 from common import interleaved_seconds, print_table, save_results, tiny_gpt2
 
 from nola.decoding.beam import decode_contexts
-from nola.train.cli import build_from_flags
+from nola.gpt2.build import build_from_flags
 from nola.config import BeamSettings
 from nola.gpt2.export import export_hf
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     check_limits(card, run.seq_len, settings)
     check_writable(run.output_path, "--output_file")
     # torch comes in only once every flag has passed its check
-    from nola.decoding.beam import predict_dataset, write_predictions
+    from nola.gpt2.beam import predict_dataset, write_predictions
     from nola.gpt2.build import build_model
     from nola.gpt2.dataset import FTDataset
     from nola.train.distributed import barrier, cleanup, init_distributed

@@ -25,7 +25,7 @@ import torch
 
 import nola
 from nola.gpt2.checkpoint import metadata, read_checkpoint, save_adapter
-from nola.train.cli import build_from_flags
+from nola.gpt2.build import build_from_flags
 from nola.config import NOLAConfig, OptimConfig
 from nola.errors import UsageError
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE

@@ -16,7 +16,8 @@ from src import gpt2_beam
 from src import gpt2_decode
 from nola.decoding.beam import beam_search
 from nola.config import BeamSettings
-from nola.train.cli import build_from_flags, config_from
+from nola.train.cli import config_from
+from nola.gpt2.build import build_from_flags
 from nola.gpt2.checkpoint import save_adapter
 from nola.errors import UsageError
 

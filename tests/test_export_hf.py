@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from nola.train.cli import build_from_flags
+from nola.gpt2.build import build_from_flags
 from nola.gpt2.checkpoint import save_adapter
 
 CPU = torch.device("cpu")

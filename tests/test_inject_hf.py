@@ -25,7 +25,8 @@ from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
 from nola.integrity import CONTENT_KEY, content_digest
 from nola.adapters import gpt2_targets, set_merged
 from nola.gpt2.model import GPT2Config as ForkConfig
-from nola.gpt2.model import GPT2LMModel, count_trainable
+from nola.adapters import count_trainable
+from nola.gpt2.model import GPT2LMModel
 from nola.quant import fake_quant
 from scripts.param_table import PROJECTIONS, count_lora, count_nola, llama2_config
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from nola.train.cli import build_from_flags
+from nola.gpt2.build import build_from_flags
 from nola.errors import UsageError
 from nola.gpt2.model import lm_loss
 

@@ -202,6 +202,11 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str] | None =
     return groups
 
 
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters that receive gradients."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def freeze_base(model: nn.Module) -> None:
     """Only adapter tensors train; a model without any adapter trains whole."""
     names = [n for n, _ in model.named_parameters()]

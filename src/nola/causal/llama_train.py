@@ -37,6 +37,7 @@ from nola.causal.alpaca import collate, pad_token_id
 from nola.causal.causal_data import CausalExamples, read_examples
 from nola.causal.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
 from nola.causal.causal_objective import check_target_logits, target_logits, target_nll_sum, with_loss_positions
+from nola.adapters import count_trainable
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
 from nola.train.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides, rank_share
 from nola.errors import fail
@@ -44,7 +45,6 @@ from nola.train.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
 from nola.log import get_logger
-from nola.gpt2.model import count_trainable
 from nola.train.optim import Schedule, make_optimizer
 from nola.causal.peft_baselines import add_peft, config_record, peft_config, save_peft
 from nola.train.resume import (RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume,

@@ -32,20 +32,6 @@ DEFAULTS = {"vera": {"save_projection": False}, "tinylora": {"save_projection": 
 RESERVED = ("target_modules", "task_type", "peft_type", "base_model_name_or_path", "inference_mode")
 
 
-def parse_options(text: str | None) -> dict:
-    """``'r=128,save_projection=false'`` -> ``{"r": 128, "save_projection": False}`` (JSON values, else text)."""
-    options: dict = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            fail(f"--peft_options {text!r}: {item!r} is not key=value; write e.g. --peft_options 'r=128,d_initial=0.1'")
-        try:
-            options[key.strip()] = json.loads(raw.strip())
-        except json.JSONDecodeError:
-            options[key.strip()] = raw.strip()
-    return options
-
-
 def require_peft(flag: str) -> None:
     if importlib.util.find_spec("peft") is None:
         fail(f"{flag} needs HF PEFT: pip install -r requirements.lock (it pins peft)")

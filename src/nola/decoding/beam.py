@@ -20,30 +20,17 @@ a key mask, and an example stops as soon as no kept hypothesis can still beat it
 ``max_kept_sum / L ** length_penalty`` for some remaining length ``L``).
 
 The rule is written once and drives any model through :class:`Steps` (run the contexts; keep some
-cache rows and append one token per row): the forked GPT-2 (:class:`ForkSteps`, its list of key/value
-pairs) and any ``transformers`` causal LM (:class:`CausalLMSteps`, its ``DynamicCache``).
+cache rows and append one token per row): the forked GPT-2 (:class:`nola.gpt2.beam.ForkSteps`, its list of
+key/value pairs) and any ``transformers`` causal LM (:class:`CausalLMSteps`, its ``DynamicCache``).
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
-import time
 from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from nola.config import BeamSettings
-from nola.gpt2.dataset import FTDataset
-from nola.train.distributed import DistContext, gather_objects
-from nola.errors import fail
-from nola.fileio import atomic_open
-from nola.log import get_logger
-from nola.gpt2.model import GPT2LMModel
-
-log = get_logger(__name__)
 
 
 def _process_logits(logits: torch.Tensor, history: torch.Tensor, s: BeamSettings, eos: torch.Tensor) -> None:
@@ -116,22 +103,6 @@ class Steps(Protocol):
         ``position_ids`` (rows, 1); return float logits (rows, vocab) of the new position."""
 
 
-class ForkSteps:
-    """:class:`Steps` of the forked GPT-2 (its cache: one (key, value) pair per layer)."""
-
-    def __init__(self, model: GPT2LMModel) -> None:
-        self.model, self.past = model, None
-
-    def context(self, ids, position_ids, key_mask):
-        logits, self.past = self.model(ids, position_ids=position_ids, key_mask=key_mask, last_only=True)
-        return logits[:, -1].float()
-
-    def extend(self, select, tokens, position_ids, key_mask):
-        past = [(key.index_select(0, select), value.index_select(0, select)) for key, value in self.past]
-        logits, self.past = self.model(tokens, past=past, position_ids=position_ids, key_mask=key_mask)
-        return logits[:, -1].float()
-
-
 class CausalLMSteps:
     """:class:`Steps` of a ``transformers`` causal LM: left padding is its ``attention_mask`` plus
     explicit ``position_ids`` (each row counts from its first real token), the cache is the
@@ -157,8 +128,10 @@ class CausalLMSteps:
 
 
 def steps_for(model: torch.nn.Module) -> Steps:
-    """The forked GPT-2's steps, or a ``transformers`` causal LM's."""
-    return ForkSteps(model) if isinstance(model, GPT2LMModel) else CausalLMSteps(model)
+    """The model's own steps where it has them (the forked GPT-2's ``beam_steps``: this layer does not
+    import the GPT-2 reproduction), else a ``transformers`` causal LM's."""
+    own = getattr(model, "beam_steps", None)
+    return own() if own is not None else CausalLMSteps(model)
 
 
 @torch.inference_mode()
@@ -233,52 +206,3 @@ def decode_contexts(model: torch.nn.Module, queries: Sequence[Sequence[int]], se
         if progress is not None:
             progress(len(chunk))
     return out  # type: ignore[return-value]
-
-
-def unique_queries(dataset: FTDataset) -> tuple[list[list[int]], list[int]]:
-    """The distinct decoding contexts of ``dataset`` (first-appearance order) and, for every input
-    line, the index of its context. Test files repeat a context once per reference."""
-    index: dict[tuple[int, ...], int] = {}
-    line_to_query = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        query = tuple(item["query"][: int(item["query_len"])].tolist())
-        line_to_query.append(index.setdefault(query, len(index)))
-    return [list(q) for q in index], line_to_query
-
-
-def predict_dataset(model: GPT2LMModel, dataset: FTDataset, settings: BeamSettings, batch_size: int,
-                    ctx: DistContext) -> list[list[int]] | None:
-    """Beam-search each distinct context of ``dataset`` once, this rank's share of them, and gather
-    the results; rank 0 gets one prediction per input line (duplicates share theirs), others None."""
-    queries, line_to_query = unique_queries(dataset)
-    longest = max(len(q) for q in queries)
-    if longest + settings.eval_len > model.config.n_positions:
-        fail(f"--data {dataset.path}: a context of {longest} tokens plus --eval_len {settings.eval_len} "
-             f"exceeds the model's {model.config.n_positions} positions; lower --seq_len or --eval_len")
-    by_length = sorted(range(len(queries)), key=lambda i: -len(queries[i]))
-    mine = by_length[ctx.rank::ctx.world_size]
-    log.info("%s: %d lines, %d distinct contexts (%d on this rank), beam %d, eval_len %d",
-             dataset.path, len(dataset), len(queries), len(mine), settings.beam, settings.eval_len)
-    start = time.perf_counter()
-    with tqdm(total=len(mine), unit="ex", desc="beam search", disable=not ctx.is_main,
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        preds = decode_contexts(model, [queries[i] for i in mine], settings, batch_size, bar.update)
-    elapsed = time.perf_counter() - start
-    tokens = sum(len(p) for p in preds)
-    log.info("rank %d: %d contexts in %.1f s (%.2f contexts/s, %.0f generated tokens/s)",
-             ctx.rank, len(mine), elapsed, len(mine) / max(elapsed, 1e-9), tokens / max(elapsed, 1e-9))
-    shares = gather_objects(list(zip(mine, preds)), ctx)
-    if not ctx.is_main:
-        return None
-    by_query: dict[int, list[int]] = {}
-    for share in shares:
-        by_query.update(share)
-    return [by_query[q] for q in line_to_query]
-
-
-def write_predictions(path: str | os.PathLike, predictions: list[list[int]]) -> None:
-    """``{"id": line index, "predict": token ids}`` per input line, in input order, atomically."""
-    with atomic_open(path, "w") as handle:
-        for i, pred in enumerate(predictions):
-            handle.write(json.dumps({"id": i, "predict": pred}) + "\n")

@@ -6,7 +6,9 @@ verified by SHA-256), or a full state dict (ours with metadata, or microsoft/LoR
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, fields
+from typing import Sequence
 
 import torch
 
@@ -18,6 +20,7 @@ from nola.fileio import sha256_file
 from nola.config import AdapterConfig, AdapterRequest, LoRAConfig, ModelSource, NOLAConfig, flag_of, identity_fields
 from nola.log import get_logger
 from nola.gpt2.model import GPT2Config, GPT2LMModel, describe_trainable
+from nola.train.cli import add_model_flags, model_flags
 
 log = get_logger(__name__)
 
@@ -109,3 +112,11 @@ def build_model(source: ModelSource, device: torch.device, request: AdapterReque
             base_sha = sha256_file(path)
     log.info(describe_trainable(model))
     return BuiltModel(model.to(device), base_path, base_sha, step)
+
+
+def build_from_flags(argv: Sequence[str], device: torch.device, hash_base: bool = True) -> BuiltModel:
+    """The model that the model/adapter flags ``argv`` describe (as the scripts build it)."""
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser)
+    source, request = model_flags(parser.parse_args(list(argv)))
+    return build_model(source, device, request, hash_base=hash_base)

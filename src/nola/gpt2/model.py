@@ -14,7 +14,7 @@ from torch import nn
 
 from nola.gpt2.card import GPT2Config  # noqa: F401  (re-exported: the model's hyper-parameters)
 from nola.config import LoRAConfig, NOLAConfig
-from nola.adapters import GPT2_ROLES, adapter_state, freeze_base, gpt2_targets, inject, is_merged, set_merged
+from nola.adapters import GPT2_ROLES, adapter_state, count_trainable, freeze_base, gpt2_targets, inject, is_merged, set_merged
 from nola.train.distributed import rank_share
 from nola.gpt2.dropout import PaddedDropout
 
@@ -225,6 +225,13 @@ class GPT2LMModel(nn.Module):
         """Only the trained adapter tensors (NOLA α/β or LoRA A/B)."""
         return adapter_state(self)
 
+    def beam_steps(self):
+        """This model's forward and KV cache as the shared beam rule drives them (``nola.decoding.beam``
+        asks the model, so that layer imports no GPT-2 code)."""
+        from nola.gpt2.beam import ForkSteps  # nola.gpt2.beam imports this module
+
+        return ForkSteps(self)
+
 
 def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
             label_smooth: float = 0.0, tokens: torch.Tensor | None = None, world_size: int = 1) -> torch.Tensor:
@@ -241,11 +248,6 @@ def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
         mask = torch.ones_like(loss)
     total = mask.sum() if tokens is None else tokens
     return rank_share((loss * mask).sum(), total + 1e-4, world_size)
-
-
-def count_trainable(model: nn.Module) -> int:
-    """Number of parameters that receive gradients."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def lora_count(cfg: GPT2Config, rank: int, roles: dict[str, tuple[int, int]]) -> int:

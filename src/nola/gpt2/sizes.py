@@ -19,7 +19,8 @@ from torch import nn
 
 from nola.gpt2.checkpoint import save_adapter
 from nola.config import LoRAConfig, NOLAConfig
-from nola.gpt2.model import GPT2Config, GPT2LMModel, count_trainable
+from nola.adapters import count_trainable
+from nola.gpt2.model import GPT2Config, GPT2LMModel
 
 PAPER_BASE = "./pretrained_checkpoints/gpt2-{size}-pytorch_model.bin"
 _CARD_SIZE = {"gpt2.sm": "small", "gpt2.md": "medium", "gpt2.lg": "large"}

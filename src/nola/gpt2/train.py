@@ -47,9 +47,9 @@ from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
 from nola.gpt2.objective import MaskedLM, masked_nll_sum
 from nola.train.optim import Schedule, cycle_knots, make_optimizer
-from nola.train.resume import (RESUME_FILE, adopt_resume, check_resume_world, load_resume, pending_grad, restore_grad,
-                         restore_trainable, resume_path, resume_source, rng_state, run_record, save_resume,
-                         set_rng_state)
+from nola.gpt2.resume import adopt_resume, resume_source, run_record
+from nola.train.resume import (RESUME_FILE, check_resume_world, load_resume, pending_grad, restore_grad, restore_trainable,
+                               resume_path, rng_state, save_resume, set_rng_state)
 from nola.gpt2.sizes import adapter_file_bytes
 from nola.train.workdir import append_row, claim, trim_log
 

@@ -7,20 +7,15 @@ a value the user typed can be told from a default (:class:`nola.config.AdapterRe
 from __future__ import annotations
 
 import argparse
+import json
 import types
 import typing
 from dataclasses import MISSING, fields
-from typing import TYPE_CHECKING, Sequence, TypeVar
+from typing import TypeVar
 
 from nola.config import (DEFAULT_QBITS, AdapterRequest, LaunchConfig, LoRAConfig, ModelSource, NOLAConfig,
                          flag_of, validate_values)
 from nola.errors import fail
-from nola.causal.peft_baselines import parse_options
-
-if TYPE_CHECKING:  # torch is imported only once the flags are checked (fast one-line errors)
-    import torch
-
-    from nola.gpt2.build import BuiltModel
 
 T = TypeVar("T")
 
@@ -140,11 +135,15 @@ def launch_config(args: argparse.Namespace) -> LaunchConfig:
     return config_from(LaunchConfig, args)
 
 
-def build_from_flags(argv: Sequence[str], device: "torch.device", hash_base: bool = True) -> "BuiltModel":
-    """The model that the model/adapter flags ``argv`` describe (as the scripts build it)."""
-    from nola.gpt2.build import build_model
-
-    parser = argparse.ArgumentParser()
-    add_model_flags(parser)
-    source, request = model_flags(parser.parse_args(list(argv)))
-    return build_model(source, device, request, hash_base=hash_base)
+def parse_options(text: str | None) -> dict:
+    """``'r=128,save_projection=false'`` -> ``{"r": 128, "save_projection": False}`` (JSON values, else text)."""
+    options: dict = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--peft_options {text!r}: {item!r} is not key=value; write e.g. --peft_options 'r=128,d_initial=0.1'")
+        try:
+            options[key.strip()] = json.loads(raw.strip())
+        except json.JSONDecodeError:
+            options[key.strip()] = raw.strip()
+    return options

@@ -26,13 +26,13 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from nola.adapters import count_trainable
 from nola.config import LaunchConfig, ViTConfig
 from nola.train.distributed import DistContext, init_distributed
 from nola.errors import fail
 from nola.train.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
-from nola.gpt2.model import count_trainable
 from nola.train.resume import RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume, set_rng_state
 from nola.vit.folder import ImageSet, Sample, check_images, kshot, load_rgb, scan
 from nola.vit.model import build, head_count, input_size, trained_state

@@ -35,8 +35,8 @@ BEAM_FLAGS = ("--beam", "10", "--length_penalty", "0.8", "--no_repeat_ngram_size
               "--eval_len", "64", "--batch_size", "10")
 # What decides the unadapted model's outputs besides the model, the MRs and the flags: its generation is
 # cached under a hash of all of it, since it never changes from run to run.
-GENERATION_CODE = ("src/llama_beam.py", "src/nola/decoding/beam.py", "src/nola/causal/causal_decode.py", "src/nola/causal/causal_lm.py",
-                   "src/nola/causal/d2t.py", "src/nola/decoding/decode.py")
+GENERATION_CODE = ("src/llama_beam.py", "src/nola/decoding/beam.py", "src/nola/causal/causal_decode.py",
+                   "src/nola/causal/causal_lm.py", "src/nola/causal/d2t.py", "src/nola/decoding/decode.py")
 DECODE_FILES = ("e2e_ref.txt", "e2e_pred.txt")
 
 

@@ -17,7 +17,7 @@ export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
 [ $# -le 1 ] || { echo "error: create_datasets.sh takes at most one argument (ROOT), got $#" >&2; exit 2; }
 
 echo "vocabulary..."  # first: it checks ROOT and the mirror before anything is created
-"$PY" -m nola.download vocab --root "$root" || {
+"$PY" -m nola.train.download vocab --root "$root" || {
   status=$?
   [ "$status" -eq 2 ] || echo "error: no GPT-2 vocabulary in $root/vocab, nothing can be encoded" >&2
   exit "$status"
@@ -31,7 +31,7 @@ skipped=()
 build_split() {
   local set=$1 split=$2 conv=$3 raw dir summary
   echo "$set $split..."
-  raw=$("$PY" -m nola.download data "$set" "$split" --root .) || {
+  raw=$("$PY" -m nola.train.download data "$set" "$split" --root .) || {
     status=$?
     [ "$status" -eq 2 ] && exit 2
     skipped+=("$set/$split"); return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from common import print_table, save_results
 
-from nola.sizes import CARDS, paper_sizes
+from nola.gpt2.sizes import CARDS, paper_sizes
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import torch
 from common import print_table, save_results
 
 from nola.config import NOLAConfig
-from nola.model import GPT2Config, GPT2LMModel, nola_roles
+from nola.gpt2.model import GPT2Config, GPT2LMModel, nola_roles
 
 MODES = [
     ("per-layer bases, materialised fp32 (naive)", dict(seed_per_layer=True, mode="materialised")),

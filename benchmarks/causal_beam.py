@@ -1,7 +1,7 @@
-"""Beam-10 data-to-text decoding per E2E meaning representation on a real causal LM: nola.beam's rule
+"""Beam-10 data-to-text decoding per E2E meaning representation on a real causal LM: nola.decoding.beam's rule
 (what src/llama_beam.py runs) against ``transformers``' ``generate``, and how often they agree.
 
-Both systems decode the same first ``--contexts`` distinct E2E test MRs (nola.d2t prompts, left
+Both systems decode the same first ``--contexts`` distinct E2E test MRs (nola.causal.d2t prompts, left
 padded, ``--batch`` contexts at a time) with the paper's settings: beam 10, length penalty 0.8,
 no-repeat 4, at most 64 new tokens, stopping at the tokenizer's EOS; ``generate`` with
 ``early_stopping=True`` (a batch row stops once it holds 10 finished hypotheses). The systems take
@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 from common import interleaved_times, print_table, save_results
 
-from nola.beam import decode_contexts
+from nola.decoding.beam import decode_contexts
 from nola.config import BeamSettings
-from nola.d2t import eos_id, prompt_ids
+from nola.causal.d2t import eos_id, prompt_ids
 
 
 def e2e_mrs(count: int) -> list[str]:
     """The first ``count`` distinct E2E test MRs (from $NOLA_DATA_MIRROR)."""
-    from nola.formats import read_e2e
+    from nola.train.formats import read_e2e
 
     mirror = Path(os.environ.get("NOLA_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared"))
     return list(dict.fromkeys(r["context"] for r in read_e2e(mirror / "data" / "e2e" / "test.txt")))[:count]
@@ -69,7 +69,7 @@ def main() -> None:
             preds += out[:, width:].tolist()
         outputs["generate"] = preds
 
-    times = interleaved_times({"nola.beam (llama_beam.py)": ours, "transformers generate": generate},
+    times = interleaved_times({"nola.decoding.beam (llama_beam.py)": ours, "transformers generate": generate},
                               rounds=args.rounds, warmup=False)
 
     def text(ids: list[int]) -> str:

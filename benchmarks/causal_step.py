@@ -4,11 +4,11 @@
 All systems take turns in every round (a slow spell of the shared machine hits them alike), after
 one untimed warm-up step each; medians and the min-max spread over the rounds are reported. A step
 is forward, backward, AdamW update and zeroing the gradients, on one batch of the 8 pairs
-(``nola.d2t`` prompt and target, right-padded to the longest):
+(``nola.causal.d2t`` prompt and target, right-padded to the longest):
 
 - ``naive labels=``: the model's own loss (LM head at every padded position), read with ``.item()``
   each step, as ``llama_ft.py``'s loop did;
-- ``targets only``: :mod:`nola.causal_objective` (the model's own forward with ``logits_to_keep`` at
+- ``targets only``: :mod:`nola.causal.causal_objective` (the model's own forward with ``logits_to_keep`` at
   the target positions), the loss left on the device.
 
 NOLA (``nola.inject``, r=8, k=l chosen so its count equals LoRA r=1's) runs both steps on one model;
@@ -36,11 +36,11 @@ import torch
 from common import ROOT, interleaved_times, print_table, save_results
 
 from nola.adapters import inject
-from nola.alpaca import collate
-from nola.causal_data import encode_d2t
-from nola.causal_objective import target_logits, target_nll_sum, with_loss_positions
+from nola.causal.alpaca import collate
+from nola.causal.causal_data import encode_d2t
+from nola.causal.causal_objective import target_logits, target_nll_sum, with_loss_positions
 from nola.config import NOLAConfig
-from nola.formats import read_e2e
+from nola.train.formats import read_e2e
 
 PAIRS = 8
 MM = 2048
@@ -115,7 +115,7 @@ def main() -> None:
     layers = nola.config.num_hidden_layers
     k = lora_count // (2 * 2 * layers)  # two roles, α and β of k each per layer
     inject(nola, NOLAConfig(rank=8, num_basis=k, c=4.0), targets_qv)
-    q, v = nola.model.layers[0].self_attn.q_proj, nola.model.layers[0].self_attn.v_proj
+    q, v = nola.gpt2.model.layers[0].self_attn.q_proj, nola.gpt2.model.layers[0].self_attn.v_proj
     vera_r = round((lora_count / layers - q.out_features - v.out_features) / 2)  # λ_d (r) + λ_b (d_out) per projection
     vera = get_peft_model(load(folder), VeraConfig(r=vera_r, target_modules=targets_qv, vera_dropout=0.0))
     counts = {"NOLA": trainable(nola), "PEFT LoRA r=1": lora_count, "PEFT VeRA": trainable(vera)}
@@ -127,7 +127,7 @@ def main() -> None:
 
     embed = nola.get_input_embeddings().weight
     p_head = embed.numel()
-    p_body = sum(p.numel() for n, p in nola.model.named_parameters() if not n.startswith("embed_tokens"))
+    p_body = sum(p.numel() for n, p in nola.gpt2.model.named_parameters() if not n.startswith("embed_tokens"))
     useful = 4 * (p_body * real + p_head * targets)
     a, b = torch.randn(MM, MM), torch.randn(MM, MM)
     mm_reps = 4

@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from common import interleaved_seconds, print_table, save_results, tiny_gpt2
 
-from nola.beam import decode_contexts
-from nola.cli import build_from_flags
+from nola.decoding.beam import decode_contexts
+from nola.gpt2.build import build_from_flags
 from nola.config import BeamSettings
-from nola.export import export_hf
+from nola.gpt2.export import export_hf
 
 
 def e2e_contexts(count: int, max_len: int) -> list[list[int]]:
     """The first ``count`` distinct E2E test contexts, encoded (from $NOLA_DATA_MIRROR)."""
-    from nola.formats import read_e2e
-    from nola.tokenizer import EOS_ID, load_tokenizer
+    from nola.train.formats import read_e2e
+    from nola.gpt2.tokenizer import EOS_ID, load_tokenizer
 
     mirror = Path(os.environ.get("NOLA_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared"))
     seen = dict.fromkeys(r["context"] for r in read_e2e(mirror / "data" / "e2e" / "test.txt"))

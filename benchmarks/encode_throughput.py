@@ -18,11 +18,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from nola.dataset import FTDataset
+from nola.gpt2.dataset import FTDataset
 from nola.errors import fail, run_cli
 from nola.fileio import atomic_open
-from nola.formats import read_e2e
-from nola.tokenizer import EOS_ID, encode_records, load_reference_tokenizer, load_tokenizer
+from nola.train.formats import read_e2e
+from nola.gpt2.tokenizer import EOS_ID, encode_records, load_reference_tokenizer, load_tokenizer
 
 E2E_TRAIN_LINES = 42061
 

@@ -25,7 +25,7 @@ from common import ROOT, interleaved_seconds, median_seconds, peak_memory_bytes,
 from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import gpt2_targets, inject
 from nola.layers import NOLAGroup
-from nola.model import GPT2Config, GPT2LMModel, lm_loss
+from nola.gpt2.model import GPT2Config, GPT2LMModel, lm_loss
 
 NOLA_VARIANTS = [
     ("NOLA k=256 materialised fp32", dict(num_basis=256, mode="materialised")),

@@ -23,11 +23,11 @@ import torch
 from common import interleaved_times, machine, print_table, save_results
 from torch.utils.data import default_collate
 
-from nola.data import FTDataset, convert, encode_file, make_loader, trim_collate
-from nola.dropout import pad_dropout_to
+from nola.gpt2.data import FTDataset, convert, encode_file, make_loader, trim_collate
+from nola.gpt2.dropout import pad_dropout_to
 from nola.config import LoRAConfig, NOLAConfig
-from nola.model import GPT2Config, GPT2LMModel, lm_loss
-from nola.objective import MaskedLM, masked_nll_sum
+from nola.gpt2.model import GPT2Config, GPT2LMModel, lm_loss
+from nola.gpt2.objective import MaskedLM, masked_nll_sum
 
 PAPER_NOLA = dict(rank=8, num_basis=1000, c=1.0, qv=True)  # E2E GPT-2 M row: 24 x 2 x 2000 = 96,000
 PAPER_LORA = dict(dim=4, alpha=32.0, dropout=0.1)

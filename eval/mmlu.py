@@ -3,16 +3,16 @@
     python eval/mmlu.py --model_name_or_path meta-llama/Llama-2-7b-hf \\
         --adapter ./trained_models/llama2_7b_alpaca_nola --shots 5 --data_dir data/mmlu --output mmlu.json
 
-The protocol is Hendrycks et al.'s test/evaluate.py (see nola.mmlu); results go to --output as JSON.
+The protocol is Hendrycks et al.'s test/evaluate.py (see nola.causal.mmlu); results go to --output as JSON.
 """
 from __future__ import annotations
 
 import argparse
 
-from nola.cli import add_flags, config_from
+from nola.train.cli import add_flags, config_from
 from nola.config import LaunchConfig, LlamaSource, MMLUConfig
 from nola.errors import run_cli
-from nola.mmlu import run_mmlu
+from nola.causal.mmlu import run_mmlu
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nola.cache import building, cache_root
+from nola.train.cache import building, cache_root
 from nola.errors import fail, run_cli
 from nola.fileio import check_writable, sha256_file
-from nola.formats import read_formatted
+from nola.train.formats import read_formatted
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -35,8 +35,8 @@ BEAM_FLAGS = ("--beam", "10", "--length_penalty", "0.8", "--no_repeat_ngram_size
               "--eval_len", "64", "--batch_size", "10")
 # What decides the unadapted model's outputs besides the model, the MRs and the flags: its generation is
 # cached under a hash of all of it, since it never changes from run to run.
-GENERATION_CODE = ("src/llama_beam.py", "src/nola/beam.py", "src/nola/causal_decode.py", "src/nola/causal_lm.py",
-                   "src/nola/d2t.py", "src/nola/decode.py")
+GENERATION_CODE = ("src/llama_beam.py", "src/nola/decoding/beam.py", "src/nola/causal/causal_decode.py",
+                   "src/nola/causal/causal_lm.py", "src/nola/causal/d2t.py", "src/nola/decoding/decode.py")
 DECODE_FILES = ("e2e_ref.txt", "e2e_pred.txt")
 
 
@@ -107,7 +107,7 @@ def unadapted_key(model: Path, data: Path) -> str:
     generation code and the torch / transformers versions."""
     from importlib.metadata import version
 
-    from nola.lm_fetch import read_record
+    from nola.train.lm_fetch import read_record
 
     record = read_record(model)
     if record is None:
@@ -160,7 +160,7 @@ def restaurant(context: str) -> str:
 
 
 def report(model: Path, adapter: Path, scores: dict, e2e: Path, out: Path, plan: Plan) -> None:
-    from nola.sizes import causal_adapter_size
+    from nola.gpt2.sizes import causal_adapter_size
 
     contexts = list(dict.fromkeys(r["context"] for r in read_formatted(e2e / "demo_test_formatted.jsonl")))
     refs = [group.splitlines()[0] for group in (out / "nola" / "e2e_ref.txt").read_text().strip().split("\n\n")]

@@ -26,7 +26,7 @@ from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import inject
 from nola.lora_inject import inject_lora
 from nola.config import ViTConfig
-from nola.model import count_trainable
+from nola.adapters import count_trainable
 from nola.vit.model import ToyViT, add_adapter, head_count
 
 # hidden, intermediate, layers, attention heads, key/value heads of meta-llama/Llama-2-*-hf.

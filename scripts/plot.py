@@ -1,5 +1,5 @@
-"""Loss curves of a training run from its ``log.jsonl`` (rows written by :mod:`nola.train` for gpt2_ft.py, or by
-:mod:`nola.llama_train` for llama_ft.py, whose update rows carry no ``split`` and the update's ``loss``)."""
+"""Loss curves of a training run from its ``log.jsonl`` (rows written by :mod:`nola.gpt2.train` for gpt2_ft.py, or by
+:mod:`nola.causal.llama_train` for llama_ft.py, whose update rows carry no ``split`` and the update's ``loss``)."""
 from __future__ import annotations
 
 import json

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from nola.errors import fail, run_cli
 from nola.fileio import atomic_open, check_writable
-from nola.formats import read_formatted, write_formatted
+from nola.train.formats import read_formatted, write_formatted
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from nola.card import card_config
-from nola.cli import add_model_flags, model_flags
+from nola.gpt2.card import card_config
+from nola.train.cli import add_model_flags, model_flags
 from nola.errors import fail, run_cli
 from nola.fileio import check_writable
 from nola.log import get_logger
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     check_writable(args.out, "--out", folder=True)
     import torch  # only once every flag has passed its check
 
-    from nola.build import build_model
-    from nola.checkpoint import metadata
-    from nola.export import export_hf
+    from nola.gpt2.build import build_model
+    from nola.gpt2.checkpoint import metadata
+    from nola.gpt2.export import export_hf
 
     built = build_model(source, torch.device("cpu"), request, hash_base=False)
     model = built.model.eval()

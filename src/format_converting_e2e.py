@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from nola.errors import run_cli
-from nola.formats import convert
+from nola.train.formats import convert
 
 
 def main() -> None:

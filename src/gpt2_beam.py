@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from nola.card import card_config, check_limits
-from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
+from nola.gpt2.card import card_config, check_limits
+from nola.train.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
 from nola.config import BeamSettings, DecodeConfig
 from nola.errors import fail, run_cli
 from nola.fileio import check_writable
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     check_limits(card, run.seq_len, settings)
     check_writable(run.output_path, "--output_file")
     # torch comes in only once every flag has passed its check
-    from nola.beam import predict_dataset, write_predictions
-    from nola.build import build_model
-    from nola.dataset import FTDataset
-    from nola.distributed import barrier, cleanup, init_distributed
+    from nola.gpt2.beam import predict_dataset, write_predictions
+    from nola.gpt2.build import build_model
+    from nola.gpt2.dataset import FTDataset
+    from nola.train.distributed import barrier, cleanup, init_distributed
 
     dataset = FTDataset(run.data, run.seq_len, settings.eval_len, vocab_size=card.vocab_size)
     ctx = init_distributed(launch)

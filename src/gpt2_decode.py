@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from nola.decode import FILTERS, PADS, REF_TYPES, decode_files
+from nola.config import FILTERS, PADS, REF_TYPES
+from nola.gpt2.decode import decode_files
 from nola.errors import run_cli
 from nola.log import get_logger
 

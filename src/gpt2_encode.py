@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from nola.errors import run_cli
-from nola.tokenizer import encode_file
+from nola.gpt2.tokenizer import encode_file
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from nola.card import card_config, check_limits
-from nola.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
+from nola.gpt2.card import card_config, check_limits
+from nola.train.cli import add_flags, add_launch_flags, add_model_flags, config_from, launch_config, model_flags
 from nola.config import OptimConfig, TrainConfig
 from nola.errors import run_cli
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     source, request = model_flags(args)
     launch, cfg, optim = launch_config(args), config_from(TrainConfig, args), config_from(OptimConfig, args)
     check_limits(card_config(source.model_card), cfg.seq_len)
-    from nola.train import train  # torch comes in only once every flag has passed its check
+    from nola.gpt2.train import train  # torch comes in only once every flag has passed its check
 
     train(launch, source, request, cfg, optim)
 

@@ -6,15 +6,15 @@
         --batch_size 10 --output_ref_file e2e_ref.txt --output_pred_file e2e_pred.txt
     python eval/e2e/measure_scores.py e2e_ref.txt e2e_pred.txt -p
 
-Prompts are nola.d2t's (the training prompt); each distinct context is decoded once with
-microsoft/LoRA's beam rule (nola.beam), stopping at the tokenizer's EOS; the files have
+Prompts are nola.causal.d2t's (the training prompt); each distinct context is decoded once with
+microsoft/LoRA's beam rule (nola.decoding.beam), stopping at the tokenizer's EOS; the files have
 gpt2_decode.py's layout (--ref_type e2e|webnlg|dart).
 """
 from __future__ import annotations
 
 import argparse
 
-from nola.cli import add_flags, config_from
+from nola.train.cli import add_flags, config_from
 from nola.config import BeamSettings, CausalDecodeConfig, LaunchConfig, LlamaSource
 from nola.errors import run_cli
 from nola.log import get_logger
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     launch, source = config_from(LaunchConfig, args), config_from(LlamaSource, args)
     cfg, settings = config_from(CausalDecodeConfig, args), config_from(BeamSettings, args)
-    from nola.causal_decode import run_causal_decode
+    from nola.causal.causal_decode import run_causal_decode
 
     count = run_causal_decode(launch, source, cfg, settings)
     log.info("wrote %d contexts: references %s, predictions %s", count, cfg.output_ref_file, cfg.output_pred_file)

@@ -8,18 +8,18 @@ CUDA); run it under plain ``python``, ``python -m torch.distributed.launch`` or 
         --output_dir ./trained_models/llama2_7b_alpaca_nola
 
 A ``--dataset`` named ``*_formatted.jsonl`` (E2E / WebNLG / DART as create_datasets.sh writes them) trains
-data-to-text with :mod:`nola.d2t`'s prompt (see :mod:`nola.causal_data`); ``--eval_dataset`` logs a
+data-to-text with :mod:`nola.causal.d2t`'s prompt (see :mod:`nola.causal.causal_data`); ``--eval_dataset`` logs a
 validation loss. ``--peft_method vera|vblora|fourierft|tinylora --peft_options 'k=v,...'`` trains one of
-HF PEFT's methods instead, on the same loop (:mod:`nola.peft_baselines`).
+HF PEFT's methods instead, on the same loop (:mod:`nola.causal.peft_baselines`).
 """
 from __future__ import annotations
 
 import argparse
 
-from nola.cli import adapter_request, add_adapter_flags, add_flags, add_peft_flags, config_from
+from nola.train.cli import adapter_request, add_adapter_flags, add_flags, add_peft_flags, config_from
 from nola.config import AlpacaTrainConfig, LaunchConfig, LlamaSource
 from nola.errors import run_cli
-from nola.llama_train import train_alpaca
+from nola.causal.llama_train import train_alpaca
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,8 +12,8 @@ import argparse
 
 import torch
 
-from nola.causal_lm import load_causal_lm, save_merged
-from nola.cli import add_flags, config_from
+from nola.causal.causal_lm import load_causal_lm, save_merged
+from nola.train.cli import add_flags, config_from
 from nola.config import LlamaSource, MergeConfig
 from nola.errors import fail, run_cli
 from nola.fileio import check_writable

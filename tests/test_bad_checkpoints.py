@@ -24,14 +24,14 @@ import pytest
 import torch
 
 import nola
-from nola.checkpoint import metadata, read_checkpoint, save_adapter
-from nola.cli import build_from_flags
+from nola.gpt2.checkpoint import metadata, read_checkpoint, save_adapter
+from nola.gpt2.build import build_from_flags
 from nola.config import NOLAConfig, OptimConfig
 from nola.errors import UsageError
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
 from nola.integrity import CONTENT_KEY, content_digest, seal
-from nola.optim import make_optimizer
-from nola.resume import rng_state, save_resume
+from nola.train.optim import make_optimizer
+from nola.train.resume import rng_state, save_resume
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -180,7 +180,7 @@ def results(files) -> dict[str, tuple[int, str]]:
     process, forked from a server that imported torch and nola once: starting 27 interpreters
     would cost more than the cases themselves."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "nola.build", "nola.beam", "nola.train", "nola.export"])
+    context.set_forkserver_preload(["torch", "nola.gpt2.build", "nola.decoding.beam", "nola.gpt2.train", "nola.gpt2.export"])
     pending = [(case_id, argv) for case_id, argv, *_ in CASES] + GOOD
     running, out = {}, {}
     while pending or running:
@@ -247,7 +247,7 @@ def test_truncated_or_flipped_files_of_every_kind_raise_only_usage_errors(files)
     """Cut each kind of file at 12 points and flip 12 of its bytes: the loader raises the one-line
     error, or returns a sealed file's content unchanged (a byte the container ignores); base files
     carry no checksum (an adapter records its base's file SHA-256 instead)."""
-    from nola.resume import load_resume
+    from nola.train.resume import load_resume
 
     sources = {"bin": files / "base.bin", "safetensors": files / "base.safetensors", "adapter": files / "model.100.pt", "resume": files / "rs" / "resume.pt"}
     for kind, path in sources.items():

@@ -14,10 +14,11 @@ import torch
 
 from src import gpt2_beam
 from src import gpt2_decode
-from nola.beam import beam_search
+from nola.decoding.beam import beam_search
 from nola.config import BeamSettings
-from nola.cli import build_from_flags, config_from
-from nola.checkpoint import save_adapter
+from nola.train.cli import config_from
+from nola.gpt2.build import build_from_flags
+from nola.gpt2.checkpoint import save_adapter
 from nola.errors import UsageError
 
 NOLA = ["--nola_rank", "4", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", "64", "--qnola", "--qbits", "3"]

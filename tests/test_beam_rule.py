@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nola.beam import BeamSettings, beam_search, decode_contexts
-from nola.model import GPT2Config, GPT2LMModel
+from nola.decoding.beam import BeamSettings, beam_search, decode_contexts
+from nola.gpt2.model import GPT2Config, GPT2LMModel
 
 VOCAB = 40
 EOS = (3, 7)

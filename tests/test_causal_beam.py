@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from nola.beam import beam_search, decode_contexts
+from nola.decoding.beam import beam_search, decode_contexts
 from nola.config import BeamSettings
 from tests.test_beam_rule import CASES, EOS, VOCAB, contexts, reference_beam
 
@@ -59,8 +59,8 @@ def decoded(tmp_path_factory, mirror, repo):
 
     import nola
     from nola.config import NOLAConfig
-    from nola.d2t import prompt_text, target_text
-    from nola.formats import read_e2e
+    from nola.causal.d2t import prompt_text, target_text
+    from nola.train.formats import read_e2e
     from scripts.tiny_llama import save_tiny_llama, words_of
 
     tmp = tmp_path_factory.mktemp("llama_beam")
@@ -94,7 +94,7 @@ def decoded(tmp_path_factory, mirror, repo):
 def test_cli_writes_the_rules_predictions_and_gpt2_decodes_reference_layout(decoded):
     """The predictions are the rule's on the unmerged adapted model (decoded text, EOS dropped,
     stripped), the references gpt2_decode.py's E2E layout, only the first --max_contexts contexts."""
-    from nola.d2t import prompt_ids
+    from nola.causal.d2t import prompt_ids
 
     model, tok, records, contexts = (decoded[k] for k in ("model", "tokenizer", "records", "contexts"))
     assert "merged" in decoded["stderr"]
@@ -124,8 +124,8 @@ def test_on_smollm2_batched_contexts_of_different_lengths_equal_one_at_a_time(sm
     batch and give what each gives alone; both stop at SmolLM2's EOS or run to eval_len."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nola.d2t import eos_id, prompt_ids
-    from nola.formats import read_e2e
+    from nola.causal.d2t import eos_id, prompt_ids
+    from nola.train.formats import read_e2e
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(smollm2_dir)

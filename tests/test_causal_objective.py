@@ -1,4 +1,4 @@
-"""The causal-LM training loss at the target positions only (nola.causal_objective) equals the model's
+"""The causal-LM training loss at the target positions only (nola.causal.causal_objective) equals the model's
 own ``labels=`` loss, and so do the adapter gradients: on tiny random models built here (LLaMA with a
 head tied to the embeddings and without, Granite whose logits are scaled after the head) and on the
 real SmolLM2-135M, for NOLA and LoRA, on right-padded batches of different lengths."""
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from nola.adapters import inject
-from nola.alpaca import collate
-from nola.causal_data import encode_d2t
-from nola.causal_objective import check_target_logits, loss_positions, target_logits, target_nll_sum, with_loss_positions
+from nola.causal.alpaca import collate
+from nola.causal.causal_data import encode_d2t
+from nola.causal.causal_objective import check_target_logits, loss_positions, target_logits, target_nll_sum, with_loss_positions
 from nola.config import LoRAConfig, NOLAConfig
 from nola.errors import UsageError
-from nola.formats import read_e2e
+from nola.train.formats import read_e2e
 from nola.lora_inject import inject_lora
 
 RTOL = 1e-6

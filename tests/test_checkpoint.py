@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nola.cli import build_from_flags
-from nola.checkpoint import read_checkpoint, save_adapter
+from nola.gpt2.build import build_from_flags
+from nola.gpt2.checkpoint import read_checkpoint, save_adapter
 from nola.errors import UsageError
 from nola.fileio import sha256_file
 from nola.quant import fake_quant

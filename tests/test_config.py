@@ -8,13 +8,13 @@ from dataclasses import MISSING, fields
 import pytest
 import torch
 
-from nola.build import build_model, resolve_adapter
-from nola.checkpoint import metadata, read_checkpoint, save_adapter
-from nola.cli import config_from
+from nola.gpt2.build import build_model, resolve_adapter
+from nola.gpt2.checkpoint import metadata, read_checkpoint, save_adapter
+from nola.train.cli import config_from
 from nola.config import (AdapterRequest, BeamSettings, DecodeConfig, LaunchConfig, LoRAConfig, ModelSource,
                          NOLAConfig, OptimConfig, TrainConfig, flag_of, identity_fields)
 from nola.errors import UsageError
-from nola.resume import load_resume
+from nola.train.resume import load_resume
 from src import export_hf, gpt2_beam, gpt2_ft
 
 REQUIRED = {TrainConfig: {"train_data": "t.jsonl", "valid_data": "v.jsonl"}, DecodeConfig: {"data": "x.jsonl"}}

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from nola.data import FTDataset, read_formatted
+from nola.gpt2.data import FTDataset, read_formatted
 
 EXPECTED = {  # encoded file -> (examples, unique contexts)
     "data/e2e/valid.jsonl": (4672, 547),

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from nola.data import FTDataset, make_loader
+from nola.gpt2.data import FTDataset, make_loader
 from nola.errors import UsageError
 
 E = 50256

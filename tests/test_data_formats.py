@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from nola.errors import UsageError
-from nola.formats import convert, read_dart, read_e2e, read_formatted, read_webnlg
+from nola.train.formats import convert, read_dart, read_e2e, read_formatted, read_webnlg
 
 
 def _unique(records):

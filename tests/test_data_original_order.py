@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from nola.formats import convert
-from nola.tokenizer import encode_file, load_tokenizer
+from nola.train.formats import convert
+from nola.gpt2.tokenizer import encode_file, load_tokenizer
 
 EOS = 50256
 SEEN = {"Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument", "SportsTeam",

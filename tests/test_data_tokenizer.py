@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from nola.errors import UsageError
-from nola.formats import read_e2e
-from nola.tokenizer import EOS_ID, encode_records, encode_texts, load_reference_tokenizer, load_tokenizer
+from nola.train.formats import read_e2e
+from nola.gpt2.tokenizer import EOS_ID, encode_records, encode_texts, load_reference_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")

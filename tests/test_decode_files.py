@@ -13,9 +13,9 @@ import pytest
 
 from src import gpt2_decode
 from nola.errors import UsageError
-from nola.formats import convert, read_formatted
+from nola.train.formats import convert, read_formatted
 from nola.metrics import webnlg as webnlg_metrics
-from nola.tokenizer import load_tokenizer
+from nola.gpt2.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nola import download
+from nola.train import download
 
 BLOB = bytes(range(256)) * 400 + b"tail"  # 102,404 bytes
 NAMES = {

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from nola.cli import build_from_flags
-from nola.checkpoint import save_adapter
+from nola.gpt2.build import build_from_flags
+from nola.gpt2.checkpoint import save_adapter
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nola.checkpoint import read_checkpoint
+from nola.gpt2.checkpoint import read_checkpoint
 from nola.errors import run_cli
 from src.gpt2_ft import main
 from src.llama_ft import main as llama_main

@@ -24,8 +24,9 @@ from nola.errors import UsageError
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
 from nola.integrity import CONTENT_KEY, content_digest
 from nola.adapters import gpt2_targets, set_merged
-from nola.model import GPT2Config as ForkConfig
-from nola.model import GPT2LMModel, count_trainable
+from nola.gpt2.model import GPT2Config as ForkConfig
+from nola.adapters import count_trainable
+from nola.gpt2.model import GPT2LMModel
 from nola.quant import fake_quant
 from scripts.param_table import PROJECTIONS, count_lora, count_nola, llama2_config
 
@@ -34,7 +35,7 @@ VOCAB = 64
 
 
 def test_import_nola_is_cheap_and_nola_inject_is_the_function():
-    code = ("import sys, nola; assert 'torch' not in sys.modules; import nola.adapters, nola.model; "
+    code = ("import sys, nola; assert 'torch' not in sys.modules; import nola.adapters, nola.gpt2.model; "
             "assert callable(nola.inject) and nola.inject is nola.adapters.inject")
     src = str(Path(nola.__file__).parents[1])
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": src})

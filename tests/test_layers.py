@@ -7,7 +7,8 @@ import torch
 from nola.basis import basis_seed, uniform_rows
 from nola.config import NOLAConfig
 from nola.layers import NOLAGroup, _MixOnTheFly, basis_bounds
-from nola.model import GPT2Config, GPT2LMModel, count_trainable, lm_loss, lora_count, nola_roles
+from nola.adapters import count_trainable
+from nola.gpt2.model import GPT2Config, GPT2LMModel, lm_loss, lora_count, nola_roles
 
 
 def _cfg(**kw) -> NOLAConfig:

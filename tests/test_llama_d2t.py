@@ -1,5 +1,5 @@
 """llama_ft.py on data-to-text: E2E records from the mirror as create_datasets.sh formats them, on a tiny
-random LlamaForCausalLM whose tokenizer knows their words. The examples are nola.d2t's prompt and
+random LlamaForCausalLM whose tokenizer knows their words. The examples are nola.causal.d2t's prompt and
 target; NOLA, qNOLA and LoRA train on different LLaMA projections; the logged validation loss equals
 the model's own labels= loss over the evaluation file, recomputed here from the saved adapter."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nola import d2t
-from nola.alpaca import IGNORE_INDEX
-from nola.causal_data import dataset_kind, encode_d2t
-from nola.formats import read_e2e, write_formatted
+from nola.causal import d2t
+from nola.causal.alpaca import IGNORE_INDEX
+from nola.causal.causal_data import dataset_kind, encode_d2t
+from nola.train.formats import read_e2e, write_formatted
 from scripts.tiny_llama import save_tiny_llama, words_of
 from src.llama_ft import main
 
@@ -48,7 +48,7 @@ def own_loss(model_dir: Path, adapter_dir: Path, path: Path) -> float:
     """Token-mean of the model's own labels= loss over the file, one record at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nola.formats import read_formatted
+    from nola.train.formats import read_formatted
     from nola.hf_adapter import load_adapter
 
     tok = AutoTokenizer.from_pretrained(model_dir)

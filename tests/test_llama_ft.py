@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nola.alpaca import IGNORE_INDEX, PROMPT_INPUT, PROMPT_NO_INPUT, alpaca_prompt, collate, encode
+from nola.causal.alpaca import IGNORE_INDEX, PROMPT_INPUT, PROMPT_NO_INPUT, alpaca_prompt, collate, encode
 from nola.errors import run_cli
 from nola.hf_adapter import WEIGHTS_FILE
 from scripts.tiny_llama import save_tiny_llama, words_of
@@ -242,7 +242,7 @@ def test_gradient_checkpointing_recomputes_the_nola_layers_with_the_same_gradien
 
     from nola.config import NOLAConfig
     from nola.adapters import inject
-    from nola.llama_train import enable_checkpointing
+    from nola.causal.llama_train import enable_checkpointing
 
     model = AutoModelForCausalLM.from_pretrained(setup["model"])
     inject(model, NOLAConfig(rank=4, num_basis=32, c=4.0), ["q_proj", "v_proj", "down_proj"])

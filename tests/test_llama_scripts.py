@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nola.cli import adapter_request, config_from
+from nola.train.cli import adapter_request, config_from
 from nola.config import AlpacaTrainConfig, LlamaSource, MMLUConfig
 from eval.mmlu import build_parser as mmlu_parser
 from src.llama_ft import build_parser as train_parser

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from nola.model import GPT2Model
+from nola.gpt2.model import GPT2Model
 from src.gpt2_ft import main
 
 SEED = 110

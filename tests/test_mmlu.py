@@ -15,7 +15,7 @@ from nola.config import LoRAConfig
 from nola.errors import run_cli
 from nola.hf_adapter import save_adapter
 from nola.lora_inject import inject_lora
-from nola.mmlu import choice_token_ids, prompt, read_rows
+from nola.causal.mmlu import choice_token_ids, prompt, read_rows
 from scripts.tiny_llama import save_tiny_llama, words_of
 
 # subject -> test answers; every subject has the same 5 dev examples

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from nola.cli import build_from_flags
+from nola.gpt2.build import build_from_flags
 from nola.errors import UsageError
-from nola.model import lm_loss
+from nola.gpt2.model import lm_loss
 
 CPU = torch.device("cpu")
 

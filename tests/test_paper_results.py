@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nola.checkpoint import save_adapter
+from nola.gpt2.checkpoint import save_adapter
 from nola.errors import UsageError
 from nola.config import NOLAConfig
-from nola.model import GPT2Config, GPT2LMModel
+from nola.gpt2.model import GPT2Config, GPT2LMModel
 from scripts.paper.results import METRICS, load_published, load_rows, parse_scores, render_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -220,9 +220,9 @@ def test_row_end_to_end_on_cpu(tmp_path, mirror):
     """A whole row through the real gpt2_ft/beam/decode with a tiny random GPT-2 on 24 E2E lines,
     two processes (the GPU query answered by a stand-in, so NPROC defaults to its "2 GPUs"), a
     stand-in scorer that checks the decoded files; the row lands in results/e2e.jsonl."""
-    from nola.formats import convert
+    from nola.train.formats import convert
     from scripts.tiny import save_random_gpt2
-    from nola.tokenizer import encode_file
+    from nola.gpt2.tokenizer import encode_file
 
     repo, root = tmp_path / "repo", tmp_path / "root"
     shutil.copytree(PAPER, repo / "scripts" / "paper")

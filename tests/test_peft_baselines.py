@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nola import d2t
-from nola.formats import read_e2e, write_formatted
+from nola.causal import d2t
+from nola.train.formats import read_e2e, write_formatted
 from scripts.tiny_llama import save_tiny_llama, words_of
 from src.llama_ft import main as train
 
@@ -51,9 +51,9 @@ def reloaded(setup: dict, out: Path):
 def own_valid_loss(model, setup: dict) -> float:
     from transformers import AutoTokenizer
 
-    from nola.alpaca import IGNORE_INDEX
-    from nola.causal_data import encode_d2t
-    from nola.formats import read_formatted
+    from nola.causal.alpaca import IGNORE_INDEX
+    from nola.causal.causal_data import encode_d2t
+    from nola.train.formats import read_formatted
 
     tok = AutoTokenizer.from_pretrained(setup["model"])
     total = count = 0.0
@@ -95,9 +95,9 @@ def test_a_stopped_peft_run_resumes_to_the_uninterrupted_adapter(setup, tmp_path
 def test_llama_beam_decodes_the_merged_peft_model_as_peft_s_unmerged_model_does(setup, tmp_path):
     from transformers import AutoTokenizer
 
-    from nola.beam import decode_contexts
+    from nola.decoding.beam import decode_contexts
     from nola.config import BeamSettings
-    from nola.formats import read_formatted
+    from nola.train.formats import read_formatted
     from src.llama_beam import main as beam
 
     out = tmp_path / "fourierft"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nola.sizes import paper_sizes
+from nola.gpt2.sizes import paper_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "ARCHITECTURE.md"]

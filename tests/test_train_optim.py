@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from src.gpt2_ft import build_parser
-from nola.checkpoint import save_adapter
-from nola.data import FTDataset
+from nola.gpt2.checkpoint import save_adapter
+from nola.gpt2.data import FTDataset
 from nola.errors import UsageError
-from nola.cli import config_from
+from nola.train.cli import config_from
 from nola.config import LoRAConfig, NOLAConfig, OptimConfig
-from nola.model import GPT2Config, GPT2LMModel
-from nola.optim import AdamW, Schedule, cycle_knots
-from nola.sizes import adapter_file_bytes, paper_sizes
-from nola.dataset import JointLM
-from nola.train import default_max_step
+from nola.gpt2.model import GPT2Config, GPT2LMModel
+from nola.train.optim import AdamW, Schedule, cycle_knots
+from nola.gpt2.sizes import adapter_file_bytes, paper_sizes
+from nola.gpt2.dataset import JointLM
+from nola.gpt2.train import default_max_step
 
 REQUIRED = ["--train_data", "t.jsonl", "--valid_data", "v.jsonl"]
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from src.gpt2_ft import main
-from nola.build import build_model
+from nola.gpt2.build import build_model
 from nola.config import ModelSource
-from nola.data import FTDataset, make_loader, trim_collate
-from nola.checkpoint import adapter_tensors, read_checkpoint
+from nola.gpt2.data import FTDataset, make_loader, trim_collate
+from nola.gpt2.checkpoint import adapter_tensors, read_checkpoint
 from nola.errors import run_cli
 from nola.fileio import sha256_file
 

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from nola.build import build_model
-from nola.cli import config_from, launch_config, model_flags
+from nola.gpt2.build import build_model
+from nola.train.cli import config_from, launch_config, model_flags
 from nola.config import OptimConfig, TrainConfig
-from nola.data import FTDataset, make_loader, trim_collate
-from nola.distributed import seed_everything
-from nola.dropout import PaddedDropout
-from nola.model import lm_loss
-from nola.optim import Schedule, make_optimizer
+from nola.gpt2.data import FTDataset, make_loader, trim_collate
+from nola.train.distributed import seed_everything
+from nola.gpt2.dropout import PaddedDropout
+from nola.gpt2.model import lm_loss
+from nola.train.optim import Schedule, make_optimizer
 from src.gpt2_ft import build_parser, main
 
 SEQ = 512  # the paper's --seq_len

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nola.cli import config_from
+from nola.train.cli import config_from
 from nola.config import ViTConfig
 from scripts.paper.results import load_published, load_rows, render_table
 from src.vit_ft import build_parser

@@ -20,4 +20,4 @@ while [ $# -gt 0 ]; do
     *) args+=("$1"); shift ;;
   esac
 done
-exec "$PY" -m nola.download llama --root "$root" ${args[@]+"${args[@]}"}
+exec "$PY" -m nola.train.download llama --root "$root" ${args[@]+"${args[@]}"}

@@ -39,8 +39,8 @@ def main() -> None:
     except ImportError:
         print("error: bitsandbytes is not installed: pip install bitsandbytes", file=sys.stderr)
         sys.exit(2)
-    from nola.alpaca import PROMPT_INPUT, PROMPT_NO_INPUT
-    from nola.causal_lm import load_causal_lm
+    from nola.causal.alpaca import PROMPT_INPUT, PROMPT_NO_INPUT
+    from nola.causal.causal_lm import load_causal_lm
     from nola.config import LlamaSource
     from nola.hf_adapter import load_adapter
     from scripts.tiny_llama import save_tiny_llama, words_of

@@ -88,7 +88,7 @@ def _metric_name(name: str) -> str:
 def trainable_params(checkpoint: Path, train_log: Path | None) -> int | None:
     """Trainable parameters of a run: the adapter tensors in its checkpoint, or else the
     ``trainable parameters: N`` line of its training log."""
-    from nola.checkpoint import adapter_tensors, is_adapter, read_checkpoint
+    from nola.gpt2.checkpoint import adapter_tensors, is_adapter, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     if is_adapter(ckpt):

@@ -5,7 +5,7 @@ stored in × out), groups them by role and shape, and gives every group one :cla
 (α, β of all its layers; one basis per role shared by all layers unless ``seed_per_layer``) under
 ``model.nola``. Each projection gets a :class:`NOLASlot` (through a forward hook, adding its layer's
 delta to its output columns), and the model a forward pre-hook that mixes every group's factors
-once per call. The forked GPT-2 of :mod:`nola.model` is adapted by this same function.
+once per call. The forked GPT-2 of :mod:`nola.gpt2.model` is adapted by this same function.
 
 Targets are module names: a leaf name (``q_proj``, ``query``, ...) adapts every module with that
 name; the roles of :data:`GPT2_ROLES` and :data:`TIMM_VIT_ROLES` name a slice of a fused projection
@@ -200,6 +200,11 @@ def inject(model: nn.Module, cfg: NOLAConfig, target_modules: list[str] | None =
     groups.premix_hook = model.register_forward_pre_hook(lambda module, inputs: groups.premix())
     freeze_base(model)
     return groups
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters that receive gradients."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def freeze_base(model: nn.Module) -> None:

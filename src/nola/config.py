@@ -3,7 +3,7 @@
 Each field is declared with :func:`option`, which records in the field's metadata the flag name
 (the paper's / microsoft/LoRA's spelling), the help text, a check and whether the field
 *identifies* an adapter (changes its numbers, so a checkpoint's value must not be contradicted).
-:mod:`nola.cli` turns these dataclasses into argparse flags and back; the library only ever sees
+:mod:`nola.train.cli` turns these dataclasses into argparse flags and back; the library only ever sees
 config objects. Adding a setting means adding one field here.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ Check = Callable[[Any], "str | None"]
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, identity: bool = False,
            check: Check | None = None, choices: tuple | None = None, cli: bool = True,
            aliases: tuple[str, ...] = ()) -> Any:
-    """A dataclass field with the metadata :mod:`nola.cli` and :func:`validate` read.
+    """A dataclass field with the metadata :mod:`nola.train.cli` and :func:`validate` read.
 
     ``flag``: the command-line name (default: the field name); ``check``: returns an error text for
     a bad value, or None; ``choices``: the allowed values; ``cli``: whether a flag exists;

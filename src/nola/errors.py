@@ -23,7 +23,7 @@ def fail(message: str) -> NoReturn:
 
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main``; turn a :class:`NOLAError` into ``error: ...`` and exit code 2. A
-    process that joined a process group ends here through :func:`nola.distributed.leave`."""
+    process that joined a process group ends here through :func:`nola.train.distributed.leave`."""
     try:
         main()
     except NOLAError as exc:
@@ -37,6 +37,6 @@ def run_cli(main: Callable[[], object]) -> None:
 
 
 def _leave_group(status: int) -> None:
-    distributed = sys.modules.get("nola.distributed")  # imported only by scripts that can join a group
+    distributed = sys.modules.get("nola.train.distributed")  # imported only by scripts that can join a group
     if distributed is not None:
         distributed.leave(status)

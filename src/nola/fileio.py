@@ -53,7 +53,7 @@ def atomic_torch_save(obj: object, path: str | os.PathLike, compact: bool = Fals
 
 class _WriteOnly:
     """A file without ``fileno``: torch.save then writes through ``write``, so a full disk surfaces as
-    the OSError (ENOSPC / EFBIG) that :mod:`nola.faults` recognises, not as torch's bare RuntimeError
+    the OSError (ENOSPC / EFBIG) that :mod:`nola.train.faults` recognises, not as torch's bare RuntimeError
     of a failed raw write. The bytes are the same."""
 
     def __init__(self, handle: IO[bytes]) -> None:

@@ -8,5 +8,5 @@
 The building blocks: :mod:`~nola.metrics.mteval` (mteval-v13a tokenisation, BLEU, NIST,
 multi-bleu-detok), :mod:`~nola.metrics.ter` (pyter's TER), :mod:`~nola.metrics.java` (the
 Stanford PTB tokenizer and METEOR 1.5 jars shipped by ``pycocoevalcap``); inputs are read with
-:mod:`nola.textio` (strict UTF-8 with one-line errors), as every text input of the project is.
+:mod:`nola.train.textio` (strict UTF-8 with one-line errors), as every text input of the project is.
 """

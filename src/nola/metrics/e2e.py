@@ -21,7 +21,7 @@ from typing import Sequence
 from nola.errors import fail
 from nola.metrics.java import Meteor, ptb_tokenize
 from nola.metrics.mteval import e2e_bleu_nist
-from nola.textio import read_text
+from nola.train.textio import read_text
 
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 _TABLE = re.compile(r"\.[ct]sv$", re.I)

@@ -31,7 +31,7 @@ from nola.errors import fail
 from nola.metrics.java import Meteor
 from nola.metrics.mteval import multi_bleu_detok
 from nola.metrics.ter import ter
-from nola.textio import file_lines, read_text
+from nola.train.textio import file_lines, read_text
 
 if TYPE_CHECKING:
     from nltk.tokenize import NLTKWordTokenizer

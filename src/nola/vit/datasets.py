@@ -1,6 +1,6 @@
 """The k-shot data sets of the ViT rows in the ImageFolder layout ``data/vit/<name>/{train,val}/<class>/``.
 
-Archives are fetched by :mod:`nola.download` (from ``NOLA_DATA_MIRROR`` when set, never the network
+Archives are fetched by :mod:`nola.train.download` (from ``NOLA_DATA_MIRROR`` when set, never the network
 then) and checked against the MD5 sums torchvision pins for them (CIFAR; the Caltech-101 tarball;
 CUB-200-2011 as Caltech's data repository publishes it), then converted into ``<name>.part/`` and
 renamed, so an interrupted conversion never leaves a half-filled folder under the final name.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nola.download import FetchError, fetch, load_sources, mirror_root
+from nola.train.download import FetchError, fetch, load_sources, mirror_root
 from nola.errors import fail, run_cli
 from nola.fileio import check_writable
 from nola.log import get_logger

@@ -26,18 +26,18 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from nola.adapters import count_trainable
 from nola.config import LaunchConfig, ViTConfig
-from nola.distributed import DistContext, init_distributed
+from nola.train.distributed import DistContext, init_distributed
 from nola.errors import fail
-from nola.faults import NonFinite, guarded_run
+from nola.train.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
-from nola.model import count_trainable
-from nola.resume import RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume, set_rng_state
+from nola.train.resume import RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume, set_rng_state
 from nola.vit.folder import ImageSet, Sample, check_images, kshot, load_rgb, scan
 from nola.vit.model import build, head_count, input_size, trained_state
 from nola.vit.transforms import Transform, EvalTransform, official_augmentation, sample_seed, seeded
-from nola.workdir import append_row, claim, start_log
+from nola.train.workdir import append_row, claim, start_log
 
 log = get_logger(__name__)
 LOG_FILE, RESULT_FILE, TRAINED_FILE = "log.jsonl", "result.json", "trained.safetensors"

@@ -14,6 +14,7 @@ from nola.gpt2.sizes import paper_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "ARCHITECTURE.md"]
+REAL_TABLE = "## Latest measured table: NOLA vs LoRA and PEFT methods on SmolLM2-135M (E2E)"
 SIZES = (REPO / "docs" / "checkpoints.md", "## Adapter file size, gpt2.md, q and v")
 
 
@@ -121,3 +122,16 @@ def test_test_sh_slow_runs_everything_and_slow_only_the_slow_ones():
     fast, everything, slow = collected(), collected("--slow"), collected("--slow-only")
     assert slow and fast and everything == fast | slow and not fast & slow
     assert "tests/test_paper_scripts.py::test_row_end_to_end_on_cpu" in slow
+
+
+def test_the_real_weights_table_is_real_table_s_output():
+    """The README's real-weights table is results/real_e2e.md's (what scripts/real_table.sh wrote and
+    printed), line for line: every row of that run, none edited."""
+    section = after(REPO / "README.md", REAL_TABLE).split("\n## ", 1)[0]
+    results = (REPO / "results" / "real_e2e.md").read_text(encoding="utf-8")
+
+    def table_lines(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    assert table_lines(section) == table_lines(results)
+    assert len(table_lines(results)) == 2 + 10  # header, rule, nine adapted rows and the unadapted model

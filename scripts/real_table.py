@@ -260,8 +260,7 @@ class Table:
         lr, folder = self.choose_lr(row)
         proc = self.train(row, lr, folder, stop=None)
         entry = self.record["rows"].setdefault(row.name, {})
-        logs = sorted((self.out / "logs").glob(f"train-{row.name}-{folder.name}-{self.plan.steps}.log"))
-        train_log = logs[0]
+        train_log = self.out / "logs" / f"train-{row.name}-{folder.name}-{self.plan.steps}.log"  # as train() names it
         text = train_log.read_text(encoding="utf-8")
         params = int(re.search(r"([\d,]+) trainable parameters", text).group(1).replace(",", ""))
         entry.update(label=row.label, lr=lr, why=row.why, flags=list(row.flags), targets=row.targets,

@@ -81,6 +81,24 @@ def smollm2_dir() -> Path:
         pytest.fail(f"fetching SmolLM2-135M-Instruct failed: {exc}")
 
 
+@pytest.fixture(scope="session")
+def tiny_d2t(tmp_path_factory, mirror) -> dict:
+    """Twelve E2E valid records as formatted files (8 train, 4 valid) and a tiny random LlamaForCausalLM
+    (weights std 0.2, so adapters move the logits) whose tokenizer knows every word of their prompts and targets."""
+    from nola.causal import d2t
+    from nola.train.formats import read_e2e, write_formatted
+    from scripts.tiny_llama import save_tiny_llama, words_of
+
+    root = tmp_path_factory.mktemp("d2t")
+    records = read_e2e(mirror / "data/e2e/valid.txt")[:12]
+    write_formatted(records[:8], root / "train_formatted.jsonl")
+    write_formatted(records[8:], root / "valid_formatted.jsonl")
+    texts = [d2t.prompt_text(r["context"]) + d2t.target_text(r["completion"]) for r in records]
+    model = save_tiny_llama(root / "model", words_of(texts), initializer_range=0.2)
+    return {"model": model, "train": root / "train_formatted.jsonl", "valid": root / "valid_formatted.jsonl",
+            "records": records}
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and a shared CPU makes them slower."""

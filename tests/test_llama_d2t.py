@@ -13,21 +13,12 @@ import torch
 from nola.causal import d2t
 from nola.causal.alpaca import IGNORE_INDEX
 from nola.causal.causal_data import dataset_kind, encode_d2t
-from nola.train.formats import read_e2e, write_formatted
-from scripts.tiny_llama import save_tiny_llama, words_of
 from src.llama_ft import main
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, mirror) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("d2t")
-    records = read_e2e(mirror / "data/e2e/valid.txt")[:12]
-    write_formatted(records[:8], root / "train_formatted.jsonl")
-    write_formatted(records[8:], root / "valid_formatted.jsonl")
-    texts = [d2t.prompt_text(r["context"]) + d2t.target_text(r["completion"]) for r in records]
-    model = save_tiny_llama(root / "model", words_of(texts), initializer_range=0.2)
-    return {"model": model, "train": root / "train_formatted.jsonl", "valid": root / "valid_formatted.jsonl",
-            "records": records}
+@pytest.fixture
+def setup(tiny_d2t) -> dict:
+    return tiny_d2t
 
 
 def test_a_record_is_the_d2t_prompt_then_its_target_with_the_loss_on_the_target(setup):

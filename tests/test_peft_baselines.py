@@ -13,8 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from nola.causal import d2t
-from nola.train.formats import read_e2e, write_formatted
-from scripts.tiny_llama import save_tiny_llama, words_of
 from src.llama_ft import main as train
 
 # method -> options giving a few hundred trainable numbers on q_proj, v_proj of the tiny model.
@@ -22,15 +20,9 @@ METHODS = {"vera": "r=16", "vblora": "r=2,num_vectors=8,vector_length=16", "four
            "tinylora": "r=4,u=8"}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, mirror) -> dict:
-    root = tmp_path_factory.mktemp("peft_baselines")
-    records = read_e2e(mirror / "data/e2e/valid.txt")[:12]
-    write_formatted(records[:8], root / "train_formatted.jsonl")
-    write_formatted(records[8:], root / "valid_formatted.jsonl")
-    texts = [d2t.prompt_text(r["context"]) + d2t.target_text(r["completion"]) for r in records]
-    model = save_tiny_llama(root / "model", words_of(texts), initializer_range=0.2)
-    return {"model": model, "train": root / "train_formatted.jsonl", "valid": root / "valid_formatted.jsonl"}
+@pytest.fixture
+def setup(tiny_d2t) -> dict:
+    return tiny_d2t
 
 
 def flags(setup: dict, out: Path, method: str, *extra: str) -> list[str]:

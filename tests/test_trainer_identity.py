@@ -1,0 +1,71 @@
+"""GPT-2 runs are bit-identical across the move to the one Trainer (issue 26).
+
+``tests/fixtures/gpt2_runs.json`` was written by this test (``NOLA_RECORD_RUNS=1``) on main at 82f5eb8, the last
+commit whose GPT-2 loop was its own (``nola/gpt2/train.py``): for NOLA, 3-bit qNOLA and LoRA
+(dropout 0.1) with ``--grad_acc 2`` on the tiny GPT-2, the SHA-256 of every tensor of every adapter
+file (saves at steps 3 and 9 fall inside an update, 6 at an epoch end) and every ``log.jsonl`` row
+without its timing. Today's loop must write the same: not close, equal.
+
+Regenerate (only for a deliberate change of numbers, said in the commit):
+``NOLA_RECORD_RUNS=1 bash scripts/test.sh tests/test_trainer_identity.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.gpt2_ft import main
+from tests.test_train_run import NOLA, base, common, data  # noqa: F401  (base, data: fixtures)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "gpt2_runs.json"
+RUNS = {
+    "nola": NOLA + ["--nola_num_basis", "64", "--lr", "0.05"],
+    "qnola": NOLA + ["--nola_num_basis", "64", "--qnola", "--qbits", "3", "--lr", "0.05"],
+    "lora": ["--lora_dim", "4", "--lora_alpha", "32", "--lora_dropout", "0.1", "--lr", "0.01"],
+}
+SCHEDULE = ["--scheduler", "linear", "--warmup_step", "2", "--max_step", "9", "--grad_acc", "2", "--train_batch_size",
+            "2", "--save_interval", "3", "--log_interval", "2", "--eval_interval", "4", "--label_smooth", "0.1",
+            "--weight_decay", "0.01", "--correct_bias", "--random_seed", "5"]
+TIMING = "ms_per_batch"
+RECORD = "NOLA_RECORD_RUNS"
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """dtype, shape and SHA-256 of the bytes: equal only when every element is."""
+    flat = tensor.detach().contiguous().cpu()
+    return f"{flat.dtype} {tuple(flat.shape)} {hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()}"
+
+
+def adapter_digests(work: Path) -> dict[str, dict[str, str]]:
+    from nola.gpt2.checkpoint import adapter_tensors, read_checkpoint
+
+    files = sorted(work.glob("model.*.pt"), key=lambda p: int(p.name.split(".")[1]))
+    return {p.name: {k: digest(v) for k, v in sorted(adapter_tensors(read_checkpoint(p)).items())} for p in files}
+
+
+def log_rows(work: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != TIMING} for row in rows]
+
+
+def run(name: str, tiny_gpt2: Path, base: Path, data: dict, work: Path) -> dict:
+    main(common(tiny_gpt2, base, data["small"], data["valid"]) + RUNS[name] + SCHEDULE + ["--work_dir", str(work)])
+    return {"adapters": adapter_digests(work), "log": log_rows(work)}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_gpt2_run_equals_the_recorded_run_bit_for_bit(name, tiny_gpt2, base, data, tmp_path):
+    now = run(name, tiny_gpt2, base, data, tmp_path / name)
+    if os.environ.get(RECORD) == "1":  # writes the fixture instead of checking it (see the module docstring)
+        recorded = json.loads(FIXTURE.read_text()) if FIXTURE.exists() else {}
+        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        FIXTURE.write_text(json.dumps({**recorded, name: now}, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(FIXTURE.read_text())[name]
+    assert now["log"] == expected["log"]
+    assert list(now["adapters"]) == list(expected["adapters"]) == ["model.3.pt", "model.6.pt", "model.9.pt"]
+    assert now["adapters"] == expected["adapters"]

@@ -115,7 +115,8 @@ class Task(Protocol):
         the steps since the last row, ``ms`` per step."""
 
     def evaluate(self, step: int) -> dict:
-        """Validate, log the line and return the row's fields (the Trainer adds step and split)."""
+        """Validate, log the line and return the row's fields (the Trainer adds step and split); called
+        only where ``cadence.validates``."""
 
     def save(self, step: int, new: bool) -> dict:
         """Rank 0: write the task's files at ``step`` (``new``: its first save there) and return the

@@ -48,7 +48,7 @@ from nola.train.distributed import DistContext, all_ranks_sum, barrier, init_dis
 from nola.train.faults import guarded_run
 from nola.train.optim import Schedule, make_optimizer
 from nola.train.resume import RESUME_FILE, load_resume
-from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, check_run, run_folder
+from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, autocast, check_run, run_folder
 
 log = get_logger(__name__)
 OUTPUTS = (LOG_FILE, RESUME_FILE, WEIGHTS_FILE, CONFIG_FILE)  # what a run writes in --output_dir
@@ -141,7 +141,7 @@ class CausalTask:
         for start in range(0, len(mine), size):
             host = self._batches(self.valid, mine[start:start + size])
             batch = {k: v.to(device) for k, v in host.items()}
-            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with autocast(device, self.amp_dtype):
                 logits = target_logits(self.model, batch)
             total[0] += target_nll_sum(logits, batch)
             total[1] += len(host["targets"])

@@ -49,7 +49,7 @@ from nola.train.distributed import DistContext, barrier, init_distributed
 from nola.train.faults import guarded_run
 from nola.train.optim import Schedule, cycle_knots, make_optimizer
 from nola.train.resume import RESUME_FILE, check_resume_world, load_resume
-from nola.train.trainer import LOG_FILE, Cadence, EpochEnd, Step, Trainer, run_folder
+from nola.train.trainer import LOG_FILE, Cadence, EpochEnd, Step, Trainer, autocast, run_folder
 
 log = get_logger(__name__)
 OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.train.workdir.claim)
@@ -148,7 +148,7 @@ class GPT2Task:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for batch in self.valid_loader:
             on_device = {k: batch[k].to(self.device) for k in ("input", "target", "mask", "positions")}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with autocast(self.device, self.amp_dtype):
                 nll, count = masked_nll_sum(self.model, on_device)
             total[0] += nll
             total[1] += count

@@ -183,7 +183,7 @@ class Trainer:
             for item in task.steps(self.step):
                 if isinstance(item, EpochEnd):
                     if item.validate:
-                        self.validate(fork_rng=True)  # the original has no epoch-end validation to draw
+                        self.validate(fork_rng=True)  # draws nothing: microsoft/LoRA validates at no epoch end
                     self.save()
                     continue
                 loss = self.train_step(item)
@@ -216,10 +216,6 @@ class Trainer:
         return False
 
     # --- one step -------------------------------------------------------------------------------
-    def _autocast(self):
-        dtype = self.task.amp_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
     def train_step(self, step: Step) -> torch.Tensor:
         """Forward and backward of a step's micro-batches, then the update when the step closes one.
         Returns this rank's share of the step's loss (the ranks' mean is the loss), on the device."""
@@ -235,7 +231,7 @@ class Trainer:
             quiet = self.net.no_sync() if isinstance(self.net, DistributedDataParallel) and not syncs \
                 else contextlib.nullcontext()
             with quiet:
-                with self._autocast():
+                with autocast(self.device, task.amp_dtype):
                     loss = rank_share(task.loss_sum(self.net, batch), total, world)
                 self.scaler.scale(loss / task.steps_per_update).backward()
             share += loss.detach()
@@ -319,6 +315,11 @@ class Trainer:
         self.step = self.saved = state["step"]
         self.rng = state["rng"][self.ctx.rank]
         self.task.restore(state)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``'s type; off for None (full precision)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def run_folder(given: str | None, resume: str | None) -> str | None:

@@ -48,7 +48,7 @@ from nola.train.distributed import DistContext, all_ranks_sum, barrier, init_dis
 from nola.train.faults import guarded_run
 from nola.train.optim import Schedule, make_optimizer
 from nola.train.resume import RESUME_FILE, load_resume
-from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, autocast, check_run, run_folder
+from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, autocast, check_run, resumed_folder
 
 log = get_logger(__name__)
 OUTPUTS = (LOG_FILE, RESUME_FILE, WEIGHTS_FILE, CONFIG_FILE)  # what a run writes in --output_dir
@@ -214,7 +214,7 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
     if cfg.output_dir is None:
         if cfg.resume is None:
             fail("--output_dir is required (the adapter folder to write)")
-        cfg = dataclasses.replace(cfg, output_dir=run_folder(None, cfg.resume))
+        cfg = dataclasses.replace(cfg, output_dir=resumed_folder(cfg.resume))
     check_writable(cfg.output_dir, "--output_dir", folder=True)
     if cfg.eval_steps is not None and cfg.eval_dataset is None:
         fail(f"--eval_steps {cfg.eval_steps} needs --eval_dataset (the file whose validation loss it logs)")

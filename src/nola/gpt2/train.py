@@ -49,7 +49,7 @@ from nola.train.distributed import DistContext, barrier, init_distributed
 from nola.train.faults import guarded_run
 from nola.train.optim import Schedule, cycle_knots, make_optimizer
 from nola.train.resume import RESUME_FILE, check_resume_world, load_resume
-from nola.train.trainer import LOG_FILE, Cadence, EpochEnd, Step, Trainer, autocast, run_folder
+from nola.train.trainer import LOG_FILE, Cadence, EpochEnd, Step, Trainer, autocast, resumed_folder
 
 log = get_logger(__name__)
 OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.train.workdir.claim)
@@ -208,7 +208,7 @@ def train(launch: LaunchConfig, source: ModelSource, request: AdapterRequest, cf
         request = adopt_resume(resume, cfg, launch.random_seed, request)
         source = resume_source(resume, source, cfg.resume)
     if cfg.work_dir is None:
-        cfg = dataclasses.replace(cfg, work_dir=run_folder(None, cfg.resume) or os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
+        cfg = dataclasses.replace(cfg, work_dir=resumed_folder(cfg.resume) or os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
     check_writable(cfg.work_dir, "--work_dir", folder=True)
     ctx = init_distributed(launch)
     with guarded_run(ctx, cfg.work_dir, launch.dist_timeout) as state:

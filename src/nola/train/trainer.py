@@ -157,9 +157,8 @@ class Trainer:
         """Hold the run's folder for this run (:func:`nola.train.workdir.claim`; rank 0 decides, every
         rank fails alike) and start ``log.jsonl``: empty, or a resumed run's trimmed to its step."""
         state.trainer = self
-        resumed = resume_path(resume).parent if resume else None
-        state.lock = main_decides(lambda: claim(self.work_dir, outputs, resumed=resumed, overwrite=overwrite,
-                                                flag=flag), self.ctx)
+        state.lock = main_decides(lambda: claim(self.work_dir, outputs, resumed=resumed_folder(resume),
+                                                overwrite=overwrite, flag=flag), self.ctx)
         if self.ctx.is_main:
             start_log(self.work_dir / LOG_FILE, None if resume is None else self.step)
             if resume is not None:
@@ -322,10 +321,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def run_folder(given: str | None, resume: str | None) -> str | None:
-    """The run's output folder: the one given, else the folder of the run ``--resume`` continues."""
-    if given is not None:
-        return given
+def resumed_folder(resume: str | None) -> str | None:
+    """The folder of the run ``--resume`` continues (a run's default output folder); None without it."""
     return str(resume_path(resume).parent) if resume else None
 
 

@@ -264,7 +264,7 @@ class TrainConfig(RunIO):
     stop_at_step: int | None = option(None, "end this session after this step with a checkpoint, schedule "
                                       "unchanged; continue later with --resume", check=at_least(1))
     overwrite: bool = option(False, "start afresh in a --work_dir that holds an earlier run: delete its log.jsonl, "
-                             "resume.pt and model.*.pt first (without it such a start is refused)")
+                             "resume.pt and model.<step>/ (or model.<step>.pt) first (without it such a start is refused)")
 
     def __post_init__(self) -> None:
         validate(self)

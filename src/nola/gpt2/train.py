@@ -36,7 +36,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nola.gpt2.build import BuiltModel, build_model, model_config
-from nola.gpt2.checkpoint import check_metadata, metadata, save_adapter
+from nola.gpt2.checkpoint import check_metadata, metadata, save_checkpoint
 from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, OptimConfig, TrainConfig
 from nola.gpt2.dataset import make_loader, training_datasets, trim_collate
 from nola.train.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides
@@ -55,7 +55,7 @@ from nola.train.workdir import append_row, claim, trim_log
 
 log = get_logger(__name__)
 LOG_FILE = "log.jsonl"
-OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.train.workdir.claim)
+OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*")  # what a run writes in --work_dir: model.<step>/ and model.<step>.pt too
 
 
 def default_max_step(optim: OptimConfig, batch_size: int, num_examples: int, world_size: int) -> int:
@@ -159,8 +159,8 @@ class Trainer:
         rngs, grads = zip(*gather_objects((rng_state(self.device), grad), self.ctx))
         if self.ctx.is_main:
             if self.step != self.saved:
-                path = self.work_dir / f"model.{self.step}.pt"
-                size = save_adapter(self.model, path, self.base_path, self.base_sha, self.step, full=self.full)
+                path, size = save_checkpoint(self.model, self.work_dir, self.base_path, self.base_sha, self.step,
+                                             full=self.full)
                 log.info("saved %s: %s bytes (%.1f KB)%s", path, f"{size:,}", size / 1024,
                          ", full state dict" if self.full else "")
             position = {"step": self.step, "epoch": epoch, "batch": batch, "best_ppl": self.best_ppl,
@@ -314,7 +314,7 @@ def _announce(trainer: Trainer, num_train: int, num_valid: int) -> None:
         return
     size, _ = adapter_file_bytes(model.config, adapter, trainer.base_path, trainer.base_sha, trainer.max_step)
     bits = f"{adapter.qbits}-bit codes" if isinstance(adapter, NOLAConfig) and adapter.qbits else "fp32"
-    log.info("adapter file model.<step>.pt: about %s bytes (%.1f KB, %s)%s", f"{size:,}", size / 1024, bits,
+    log.info("adapter folder model.<step>/: about %s bytes (%.1f KB, %s)%s", f"{size:,}", size / 1024, bits,
              "; --save_full writes full state dicts instead" if args.save_full else "")
 
 

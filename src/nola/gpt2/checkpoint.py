@@ -21,7 +21,7 @@ import torch
 
 from nola.errors import fail
 from nola.fileio import atomic_torch_save, sha256_file
-from nola.hf_adapter import CONFIG_FILE, check_base, file_identity, folder_bytes, read_adapter, save_adapter
+from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, check_base, file_identity, folder_bytes, read_adapter, save_adapter
 from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.adapters import is_adapter_key
@@ -50,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load an adapter folder, or a ``.safetensors`` or ``torch.save`` file, into a dict (CPU), with
     one-line errors; a file of ours (adapter or ``--save_full``) has its content checksum and keys
     checked too. An adapter, folder or file, comes as the metadata block plus ``tensors``."""
-    if Path(path).is_dir():
+    if any((Path(path) / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
         return read_adapter_folder(path)
     if not Path(path).exists():
         _point_to_folder(Path(path))

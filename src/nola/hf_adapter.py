@@ -13,9 +13,9 @@ build the model themselves (the GPT-2 fork).
 
 The base identity is pluggable, a dict whose ``kind`` says how the base is known
 (:data:`IDENTITY_KEYS`): ``config`` (:func:`base_identity`: class + SHA-256 of the configuration, for
-``transformers`` and other in-memory models; folders written before kinds existed are this kind) or
-``file`` (:func:`file_identity`: the base weights file's path and SHA-256, for the GPT-2 fork's
-checkpoints). :func:`check_base` compares a recorded identity with the one of the base at hand.
+``transformers`` and other in-memory models; written without a ``kind``, as before kinds existed, so
+these folders stay format version 1, byte for byte) or ``file`` (:func:`file_identity`: the base
+weights file's path and SHA-256, for the GPT-2 fork's checkpoints; format version 2). :func:`check_base` compares a recorded identity with the one of the base at hand.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from nola.quant import pack_state, unpack_state
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 FORMAT = "nola-hf-adapter"
-FORMAT_VERSION = 2  # 2: ``base_model`` names its ``kind``; an optional ``step`` (1: config identity only)
+FORMAT_VERSION = 2  # the newest this reader knows; 2: a base identity of another kind than ``config``
 _HEADER_KEYS = ("format_version", "adapter", "config", "target_modules", "roles", "base_model", "tensors",
                 "payload_sha256")
 # Config entries that say how a model was loaded or is run, not what it computes (classifiers set
@@ -54,8 +54,8 @@ IDENTITY_KEYS = {"config": ("class", "config_sha256"), "file": ("sha256",)}
 
 
 def base_identity(model: nn.Module) -> dict:
-    """The ``config`` identity: class, SHA-256 of the canonical JSON of the base configuration, and
-    ``name_or_path``.
+    """The ``config`` identity (no ``kind`` entry, as version 1 wrote it): class, SHA-256 of the
+    canonical JSON of the base configuration, and ``name_or_path``.
 
     The configuration is ``model.config.to_dict()`` without runtime entries (dtype, paths,
     versions); a model without a ``config`` is identified by its base tensors' names and shapes."""
@@ -65,8 +65,7 @@ def base_identity(model: nn.Module) -> dict:
     else:
         values = {k: list(v.shape) for k, v in model.state_dict().items() if not is_adapter_key(k)}
     canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
-    return {"kind": "config", "class": type(model).__name__,
-            "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+    return {"class": type(model).__name__, "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
             "name_or_path": getattr(config, "name_or_path", None) or None}
 
 
@@ -79,19 +78,23 @@ def file_identity(path: str | os.PathLike | None, sha256: str | None, **details)
 def check_base(recorded: dict, have: dict, source: str | os.PathLike, fix: str) -> None:
     """One error line unless ``have`` (the base at hand) is the base ``recorded`` in an adapter
     folder; ``fix`` says what to pass instead (the caller knows its flags)."""
-    kind = recorded.get("kind", "config")
+    kind = _kind(recorded)
     if kind not in IDENTITY_KEYS:
         fail(f"{source}: base identity kind {kind!r} is unknown to this nola (known: {', '.join(IDENTITY_KEYS)}): "
              f"upgrade nola")
-    if have.get("kind") != kind:
+    if _kind(have) != kind:
         fail(f"{source}: the adapter identifies its base by {kind} ({_describe(recorded)}), the base at hand "
-             f"by {have.get('kind')} ({_describe(have)}): {fix}")
+             f"by {_kind(have)} ({_describe(have)}): {fix}")
     if any(recorded.get(key) != have.get(key) for key in IDENTITY_KEYS[kind]):
         fail(f"{source}: saved for {_describe(recorded)}, not {_describe(have)}: {fix}")
 
 
+def _kind(identity: dict) -> str:
+    return identity.get("kind", "config")
+
+
 def _describe(identity: dict) -> str:
-    if identity.get("kind", "config") == "file":
+    if _kind(identity) == "file":
         sha = identity.get("sha256")
         return f"the base file {identity.get('path')} (sha256 {sha[:12] if sha else 'unrecorded'})"
     return (f"a {identity.get('class')} with config sha256 {str(identity.get('config_sha256'))[:12]} "
@@ -118,9 +121,10 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base: dict | No
     directory = Path(directory)
     state = {k: v.detach().float().cpu().contiguous() for k, v in adapter_state(model).items()}
     qbits = getattr(spec.config, "qbits", None)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter_kind(spec.config),
-              "config": spec.config.to_dict(), "target_modules": list(spec.target_modules),
-              "roles": _roles(model), "base_model": base if base is not None else base_identity(model),
+    base = base if base is not None else base_identity(model)
+    header = {"format": FORMAT, "format_version": 1 if _kind(base) == "config" else FORMAT_VERSION,
+              "adapter": adapter_kind(spec.config), "config": spec.config.to_dict(),
+              "target_modules": list(spec.target_modules), "roles": _roles(model), "base_model": base,
               **({} if step is None else {"step": step})}
     if qbits is None:
         tensors = state

@@ -144,7 +144,8 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
 
 
 def metadata(model: GPT2LMModel, base_path: str | None, base_sha256: str | None) -> dict:
-    """The one metadata block written into adapter files, ``resume.pt`` and exports: format
+    """The one metadata block written into ``resume.pt``, full checkpoints and exports (and read from
+    adapter folders and earlier versions' adapter files, :func:`read_checkpoint`): format
     version, adapter kind and configuration, model card, and the base checkpoint's identity. Files
     carrying it are written through :func:`nola.integrity.seal` (``content_sha256``) and checked
     when read (:func:`read_checkpoint`, :func:`nola.train.resume.load_resume`)."""
@@ -210,7 +211,7 @@ def saved_bytes(path: str | os.PathLike) -> int:
 
 
 def adapter_tensors(ckpt: dict) -> dict[str, torch.Tensor]:
-    """The adapter tensors of an adapter file, dequantised to float."""
+    """The adapter tensors of an adapter (folder or earlier version's file), dequantised to float."""
     return {**ckpt["tensors"], **(unpack_state(ckpt["quantised"]) if "quantised" in ckpt else {})}
 
 

@@ -59,7 +59,8 @@ def test_adapter_round_trip_rebuilds_the_same_model(tmp_path, tiny_gpt2, flags):
     assert torch.allclose(expected, got, atol=1e-5)
     stored = load_file(folder / WEIGHTS_FILE)
     if "--qnola" in flags:
-        assert sorted(stored) == ["codes", "scale"] and header["config"]["qbits"] == 3 and stored["scale"].shape == (4 * 2,)
+        assert sorted(stored) == ["codes", "scale"] and header["config"]["qbits"] == 3
+        assert stored["scale"].shape == (4 * 2,)
         assert stored["codes"].dtype == torch.uint8 and stored["codes"].numel() == (4 * 2 * 50 * 3 + 7) // 8
         assert torch.allclose(rebuilt.model.nola.attn_q.alpha, fake_quant(built.model.nola.attn_q.alpha, 3), atol=1e-7)
     else:
@@ -101,8 +102,9 @@ def test_old_file_and_folder_of_one_adapter_hold_the_same_tensors(tmp_path, tiny
 def test_a_missing_pt_file_whose_folder_exists_points_to_the_folder(tmp_path, tiny_gpt2):
     built = _trained(tiny_gpt2, *NOLA)
     save_checkpoint(built.model, tmp_path, built.base_path, built.base_sha256, step=26289)
-    with pytest.raises(UsageError, match=f"model.26289.pt not found, but the adapter folder {tmp_path / 'model.26289'}/ "
-                                         f"is there .*: pass {tmp_path / 'model.26289'}$"):
+    folder = tmp_path / "model.26289"
+    with pytest.raises(UsageError, match=f"model.26289.pt not found, but the adapter folder {folder}/ is there .*: "
+                                         f"pass {folder}$"):
         build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint",
                           str(tmp_path / "model.26289.pt")), CPU)
 

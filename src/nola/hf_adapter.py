@@ -15,7 +15,8 @@ The base identity is pluggable, a dict whose ``kind`` says how the base is known
 (:data:`IDENTITY_KEYS`): ``config`` (:func:`base_identity`: class + SHA-256 of the configuration, for
 ``transformers`` and other in-memory models; written without a ``kind``, as before kinds existed, so
 these folders stay format version 1, byte for byte) or ``file`` (:func:`file_identity`: the base
-weights file's path and SHA-256, for the GPT-2 fork's checkpoints; format version 2). :func:`check_base` compares a recorded identity with the one of the base at hand.
+weights file's path and SHA-256, for the GPT-2 fork's checkpoints; format version 2).
+:func:`check_base` compares a recorded identity with the one of the base at hand.
 """
 from __future__ import annotations
 

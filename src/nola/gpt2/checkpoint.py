@@ -21,7 +21,8 @@ import torch
 
 from nola.errors import fail
 from nola.fileio import atomic_torch_save, sha256_file
-from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, check_base, file_identity, folder_bytes, read_adapter, save_adapter
+from nola.hf_adapter import (CONFIG_FILE, WEIGHTS_FILE, check_base, file_identity, folder_bytes, read_adapter,
+                             save_adapter)
 from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.adapters import is_adapter_key
@@ -76,7 +77,8 @@ def read_adapter_folder(folder: str | os.PathLike) -> dict:
     header, tensors = read_adapter(folder)
     base = header["base_model"]
     if base.get("kind", "config") != "file" or not isinstance(base.get("model_config"), dict):
-        fail(f"{folder}: an adapter for a {base.get('class') or 'model'} identified by its {base.get('kind', 'config')}, "
+        kind = base.get("kind", "config")
+        fail(f"{folder}: an adapter for a {base.get('class') or 'model'} identified by its {kind}, "
              f"not for the GPT-2 fork: load it onto that model (nola.load_adapter; llama_beam.py --adapter)")
     return {"format": ADAPTER_FORMAT, "version": FORMAT_VERSION, "adapter": header["adapter"],
             "config": header["config"], "model_config": base["model_config"],
@@ -85,7 +87,8 @@ def read_adapter_folder(folder: str | os.PathLike) -> dict:
 
 
 def check_adapter_schema(ckpt: dict, source: str | os.PathLike) -> None:
-    """The keys and types :func:`save_adapter` writes (older files lack only ``content_sha256``)."""
+    """The keys and types of a pickled adapter (or ``--save_full``) file: ``model.<step>.pt`` as earlier
+    versions wrote adapters and ``--save_full`` still writes (the oldest lack only ``content_sha256``)."""
     check_schema(ckpt, _SCHEMA, source, ADAPTER_FIX)
     payload = "tensors" if "tensors" in ckpt else "model_state_dict"
     check_schema(ckpt, {payload: dict}, source, ADAPTER_FIX)

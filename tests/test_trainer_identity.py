@@ -42,10 +42,13 @@ def digest(tensor: torch.Tensor) -> str:
 
 
 def adapter_digests(work: Path) -> dict[str, dict[str, str]]:
+    """Every save's adapter tensors (qNOLA dequantised) by tensor name, under the name the save had
+    when the fixture was recorded: the folder ``model.3/`` was the file ``model.3.pt``."""
     from nola.gpt2.checkpoint import adapter_tensors, read_checkpoint
 
-    files = sorted(work.glob("model.*.pt"), key=lambda p: int(p.name.split(".")[1]))
-    return {p.name: {k: digest(v) for k, v in sorted(adapter_tensors(read_checkpoint(p)).items())} for p in files}
+    folders = sorted((p for p in work.glob("model.*") if p.is_dir()), key=lambda p: int(p.name.split(".")[1]))
+    return {f"{p.name}.pt": {k: digest(v) for k, v in sorted(adapter_tensors(read_checkpoint(p)).items())}
+            for p in folders}
 
 
 def log_rows(work: Path) -> list[dict]:

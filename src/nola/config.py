@@ -244,7 +244,7 @@ class RunControl:
     once. Their help names the script's own output-folder flag (``FOLDER``), outputs (``OUTPUTS``) and
     step (``STEP``): :func:`nola.train.cli.add_flags` fills in ``{folder}``, ``{outputs}`` and ``{step}``."""
 
-    FOLDER, OUTPUTS, STEP = "--work_dir", "log.jsonl, resume.pt and model.*.pt", "step"
+    FOLDER, OUTPUTS, STEP = "--work_dir", "log.jsonl, resume.pt and model.<step>/ (or model.<step>.pt)", "step"
 
     resume: str | None = option(None, "continue the interrupted run saved in this folder (the {folder} of that "
                                 "run) or its resume.pt")

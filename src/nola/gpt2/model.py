@@ -14,7 +14,7 @@ from torch import nn
 
 from nola.gpt2.card import GPT2Config  # noqa: F401  (re-exported: the model's hyper-parameters)
 from nola.config import LoRAConfig, NOLAConfig
-from nola.adapters import GPT2_ROLES, adapter_state, count_trainable, freeze_base, gpt2_targets, inject, is_merged, set_merged
+from nola.adapters import GPT2_ROLES, AdapterSpec, adapter_state, count_trainable, freeze_base, gpt2_targets, inject, is_merged, set_merged
 from nola.train.distributed import rank_share
 from nola.gpt2.dropout import PaddedDropout
 
@@ -190,6 +190,8 @@ class GPT2LMModel(nn.Module):
             if not gpt2_targets(nola):
                 raise ValueError("--nola_rank needs a target: add --nola_qv and/or --nola_mlp")
             inject(self, nola, gpt2_targets(nola))
+        if lora is not None:  # built into the attention (lora_attention); recorded as inject_lora records it
+            self.adapter_spec = AdapterSpec(lora, ("attn_q", "attn_v"))
         freeze_base(self)
 
     @property

@@ -13,9 +13,9 @@ averages its batches' means); the original divides by each rank's own count, the
 Every epoch end validates (each ``--eval_epoch``-th) and saves; the data position is (epoch, batches
 of it trained).
 
-Outputs in ``--work_dir``: ``model.<step>.pt`` (the compact adapter file, or a full state dict with
-``--save_full``) every ``--save_interval`` steps and at each epoch end, ``resume.pt`` (see
-:mod:`nola.train.resume`) alongside, and ``log.jsonl`` with one row per log line and per validation.
+Outputs in ``--work_dir``: ``model.<step>/`` (the adapter folder, :mod:`nola.hf_adapter`), or
+``model.<step>.pt`` (a full state dict) with ``--save_full``, every ``--save_interval`` steps and at
+each epoch end, ``resume.pt`` (see :mod:`nola.train.resume`) alongside, and ``log.jsonl`` with one row per log line and per validation.
 The run holds ``--work_dir`` for itself (:func:`nola.train.workdir.claim`) and ends on a fault (full disk,
 lost processes, non-finite loss) with one line and no damaged file (:mod:`nola.train.faults`).
 """
@@ -38,7 +38,7 @@ from nola.config import AdapterRequest, LaunchConfig, ModelSource, NOLAConfig, O
 from nola.errors import fail
 from nola.fileio import check_writable
 from nola.gpt2.build import BuiltModel, build_model, model_config
-from nola.gpt2.checkpoint import check_metadata, metadata, save_adapter
+from nola.gpt2.checkpoint import check_metadata, metadata, save_checkpoint
 from nola.gpt2.dataset import make_loader, training_datasets, trim_collate
 from nola.gpt2.dropout import pad_dropout_to
 from nola.gpt2.objective import MaskedLM, masked_nll_sum
@@ -52,7 +52,7 @@ from nola.train.resume import RESUME_FILE, check_resume_world, load_resume
 from nola.train.trainer import LOG_FILE, Cadence, EpochEnd, Step, Trainer, autocast, resumed_folder
 
 log = get_logger(__name__)
-OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*.pt")  # what a run writes in --work_dir (nola.train.workdir.claim)
+OUTPUTS = (LOG_FILE, RESUME_FILE, "model.*")  # what a run writes in --work_dir: model.<step>/ and model.<step>.pt too
 
 
 def default_max_step(optim: OptimConfig, batch_size: int, num_examples: int, world_size: int) -> int:
@@ -167,10 +167,11 @@ class GPT2Task:
         return {"loss": loss, "ppl": ppl}
 
     def save(self, step: int, new: bool) -> dict:
-        """``model.<step>.pt`` (once per step); the metadata block of the adapter files."""
+        """The adapter folder ``model.<step>/`` (``model.<step>.pt`` with ``--save_full``), once per step;
+        the metadata block of resume.pt."""
         if new:
-            path = self.work_dir / f"model.{step}.pt"
-            size = save_adapter(self.model, path, self.base_path, self.base_sha, step, full=self.full)
+            path, size = save_checkpoint(self.model, self.work_dir, self.base_path, self.base_sha, step,
+                                         full=self.full)
             log.info("saved %s: %s bytes (%.1f KB)%s", path, f"{size:,}", size / 1024,
                      ", full state dict" if self.full else "")
         return metadata(self.model, self.base_path, self.base_sha)
@@ -194,7 +195,7 @@ def _announce(task: GPT2Task, num_train: int, num_valid: int) -> None:
         return
     size, _ = adapter_file_bytes(model.config, adapter, task.base_path, task.base_sha, task.max_step)
     bits = f"{adapter.qbits}-bit codes" if isinstance(adapter, NOLAConfig) and adapter.qbits else "fp32"
-    log.info("adapter file model.<step>.pt: about %s bytes (%.1f KB, %s)%s", f"{size:,}", size / 1024, bits,
+    log.info("adapter folder model.<step>/: about %s bytes (%.1f KB, %s)%s", f"{size:,}", size / 1024, bits,
              "; --save_full writes full state dicts instead" if args.save_full else "")
 
 

@@ -74,7 +74,8 @@ def test_adapter_round_trip_rebuilds_the_same_model(tmp_path, tiny_gpt2, flags):
 @pytest.mark.parametrize("name", ["nola", "qnola", "lora"])
 def test_adapter_files_of_earlier_versions_load_to_the_model_they_built(tmp_path, name):
     """The fixture's files were written by the pickled writer; built from each, today's code gives the
-    logits that code gave, bit for bit; saved again as a folder and rebuilt, the same."""
+    logits that code gave (to float32 rounding: the BLAS kernels differ with the thread count and the
+    CPU); saved again as a folder and rebuilt, the same logits bit for bit."""
     recorded = json.loads((LEGACY / "logits.json").read_text())
     ids = torch.tensor(recorded["input_ids"])
     argv = ("--model_card", str(LEGACY / "card.json"), "--base_checkpoint", str(LEGACY / "base.bin"))
@@ -83,8 +84,9 @@ def test_adapter_files_of_earlier_versions_load_to_the_model_they_built(tmp_path
     folder, _ = save_checkpoint(old.model, tmp_path, str(LEGACY / "base.bin"), old.base_sha256, old.step)
     again = build_from_flags((*argv[:2], "--init_checkpoint", str(folder)), CPU)
     with torch.no_grad():
-        for built in (old, again):
-            assert torch.equal(built.model.eval()(ids)[0][:, -1, :8], torch.tensor(recorded["logits"][name]))
+        logits_old, logits_again = (built.model.eval()(ids)[0][:, -1, :8] for built in (old, again))
+    assert torch.equal(logits_old, logits_again)
+    torch.testing.assert_close(logits_old, torch.tensor(recorded["logits"][name]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("flags", [NOLA + ["--qnola", "--qbits", "3"], ["--lora_dim", "2", "--lora_alpha", "16"]])

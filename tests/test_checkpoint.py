@@ -4,6 +4,7 @@ written by that code, with the logits it built from them; ``tests/legacy_adapter
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -101,14 +102,24 @@ def test_old_file_and_folder_of_one_adapter_hold_the_same_tensors(tmp_path, tiny
         {k: new[k] for k in ("adapter", "config", "model_config", "base", "step")}
 
 
-def test_a_missing_pt_file_whose_folder_exists_points_to_the_folder(tmp_path, tiny_gpt2):
+def test_the_papers_pt_name_reads_the_adapter_folder_saved_for_it(tmp_path, tiny_gpt2, caplog):
+    """The paper's gpt2_beam.py command names model.26289.pt; gpt2_ft.py saved model.26289/: the same
+    model is built from either name, and the log says which folder was read."""
     built = _trained(tiny_gpt2, *NOLA)
     save_checkpoint(built.model, tmp_path, built.base_path, built.base_sha256, step=26289)
-    folder = tmp_path / "model.26289"
-    with pytest.raises(UsageError, match=f"model.26289.pt not found, but the adapter folder {folder}/ is there .*: "
-                                         f"pass {folder}$"):
-        build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"), "--init_checkpoint",
-                          str(tmp_path / "model.26289.pt")), CPU)
+    card = ("--model_card", str(tiny_gpt2 / "card.json"))
+    logger = logging.getLogger("nola")  # nola's loggers do not propagate to the root, where caplog listens
+    logger.addHandler(caplog.handler)
+    try:
+        by_name = build_from_flags((*card, "--init_checkpoint", str(tmp_path / "model.26289.pt")), CPU)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"reading the adapter folder {tmp_path / 'model.26289'}/" in caplog.text
+    by_folder = build_from_flags((*card, "--init_checkpoint", str(tmp_path / "model.26289")), CPU)
+    a, b = by_name.model.adapter_state(), by_folder.model.adapter_state()
+    assert by_name.step == 26289 and sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UsageError, match="model.26288.pt not found"):  # no folder either: the file is missing
+        build_from_flags((*card, "--init_checkpoint", str(tmp_path / "model.26288.pt")), CPU)
 
 
 def test_quantised_file_is_smaller_than_float(tmp_path, tiny_gpt2):

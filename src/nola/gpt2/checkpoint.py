@@ -51,10 +51,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load an adapter folder, or a ``.safetensors`` or ``torch.save`` file, into a dict (CPU), with
     one-line errors; a file of ours (adapter or ``--save_full``) has its content checksum and keys
     checked too. An adapter, folder or file, comes as the metadata block plus ``tensors``."""
-    if any((Path(path) / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+    path = adapter_folder_for(Path(path))
+    if any((path / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
         return read_adapter_folder(path)
-    if not Path(path).exists():
-        _point_to_folder(Path(path))
     ckpt = read_file(path, READ_FIX, missing="run `bash download_pretrained_checkpoints.sh` or fix the path")
     if ckpt.get("format") == ADAPTER_FORMAT:
         check_sealed(ckpt, path, ADAPTER_FIX)
@@ -62,12 +61,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def _point_to_folder(path: Path) -> None:
-    """A missing ``model.<step>.pt`` whose adapter folder ``model.<step>/`` is there: say so."""
+def adapter_folder_for(path: Path) -> Path:
+    """The paper's commands name ``model.<step>.pt``; ``gpt2_ft.py`` saves that adapter as the folder
+    ``model.<step>/``. A ``.pt`` path that is not there while its folder is means the folder (said in
+    one log line); any other path is itself."""
     folder = path.with_suffix("") if path.suffix == ".pt" else None
-    if folder is not None and (folder / CONFIG_FILE).is_file():
-        fail(f"{path} not found, but the adapter folder {folder}/ is there (gpt2_ft.py saves an adapter "
-             f"as the folder model.<step>/): pass {folder}")
+    if folder is None or path.exists() or not (folder / CONFIG_FILE).is_file():
+        return path
+    log.info("%s: no such file; reading the adapter folder %s/ that gpt2_ft.py saved for it", path, folder)
+    return folder
 
 
 def read_adapter_folder(folder: str | os.PathLike) -> dict:

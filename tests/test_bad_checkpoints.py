@@ -67,7 +67,7 @@ CASES = [
      "{d}/model.200: saved for the base file {d}/base.bin (sha256 ", [OUT]),
     ("beam-folder-of-a-hub-model", [*BEAM, "--init_checkpoint", "{d}/hub_adapter"], "{d}/hub_adapter: an adapter for a GPT2LMHeadModel identified by its config, not for the GPT-2 fork", [OUT]),
     ("beam-pt-name-of-a-folder-other-base", [*BEAM, "--init_checkpoint", "{d}/model.200.pt", "--base_checkpoint", "{d}/base.safetensors"],
-     "{d}/model.200: saved for the base file {d}/base.bin (sha256 ", [OUT]),
+     "{d}/model.200.pt: saved for the base file {d}/base.bin (sha256 ", [OUT]),
     ("export-folder-random-base", [*EXPORT, "--init_checkpoint", "{d}/model.0"], "{d}/model.0: this adapter was trained on a randomly initialised GPT-2", [OUT]),
     ("ft-init-safetensors-truncated", [*FT, "--init_checkpoint", "{d}/cut.safetensors"], f"{{d}}/cut.safetensors {UNREADABLE}", [OUT]),
     ("ft-init-random-bytes", [*FT, "--init_checkpoint", "{d}/random.bin"], f"{{d}}/random.bin {UNREADABLE}", [OUT]),

@@ -48,7 +48,7 @@ from nola.train.distributed import DistContext, all_ranks_sum, barrier, init_dis
 from nola.train.faults import guarded_run
 from nola.train.optim import Schedule, make_optimizer
 from nola.train.resume import RESUME_FILE, load_resume
-from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, autocast, check_run, resumed_folder
+from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, autocast, check_run, output_folder
 
 log = get_logger(__name__)
 OUTPUTS = (LOG_FILE, RESUME_FILE, WEIGHTS_FILE, CONFIG_FILE)  # what a run writes in --output_dir
@@ -211,10 +211,8 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
     check_bits(source, launch.device)
     check_source(source)
     resume = load_resume(cfg.resume) if cfg.resume else None
-    if cfg.output_dir is None:
-        if cfg.resume is None:
-            fail("--output_dir is required (the adapter folder to write)")
-        cfg = dataclasses.replace(cfg, output_dir=resumed_folder(cfg.resume))
+    cfg = dataclasses.replace(cfg, output_dir=output_folder(cfg.output_dir, cfg.resume, "--output_dir",
+                                                            "the adapter folder to write"))
     check_writable(cfg.output_dir, "--output_dir", folder=True)
     if cfg.eval_steps is not None and cfg.eval_dataset is None:
         fail(f"--eval_steps {cfg.eval_steps} needs --eval_dataset (the file whose validation loss it logs)")

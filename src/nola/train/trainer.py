@@ -326,6 +326,16 @@ def resumed_folder(resume: str | None) -> str | None:
     return str(resume_path(resume).parent) if resume else None
 
 
+def output_folder(given: str | None, resume: str | None, flag: str, what: str) -> str:
+    """The run's output folder: ``flag``'s value, else the folder of the run ``--resume`` continues;
+    one error line without either (``what``: what the folder holds)."""
+    if given is not None:
+        return given
+    if resume is None:
+        fail(f"{flag} is required ({what})")
+    return resumed_folder(resume)
+
+
 def check_run(state: dict, run: dict, where: str) -> None:
     """A resumed run must repeat the interrupted run's settings (one line naming the first that differs)."""
     for key, value in run.items():

@@ -36,7 +36,7 @@ from nola.log import get_logger
 from nola.train.distributed import DistContext, init_distributed
 from nola.train.faults import guarded_run
 from nola.train.resume import RESUME_FILE, load_resume
-from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, check_run, resumed_folder
+from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, check_run, output_folder
 from nola.vit.folder import ImageSet, Sample, check_images, kshot, load_rgb, scan
 from nola.vit.model import build, head_count, input_size, trained_state
 from nola.vit.transforms import EvalTransform, Transform, official_augmentation, sample_seed, seeded
@@ -169,10 +169,7 @@ def train_vit(launch: LaunchConfig, cfg: ViTConfig) -> None:
     if cfg.fp16 and launch.device == "cpu":
         fail("--fp16 needs CUDA (the official AMP): drop --fp16 on --device cpu")
     resume = load_resume(cfg.resume) if cfg.resume else None
-    if cfg.outdir is None:
-        if cfg.resume is None:
-            fail("--outdir is required (the folder the run writes)")
-        cfg = dataclasses.replace(cfg, outdir=resumed_folder(cfg.resume))
+    cfg = dataclasses.replace(cfg, outdir=output_folder(cfg.outdir, cfg.resume, "--outdir", "the folder the run writes"))
     check_writable(cfg.outdir, "--outdir", folder=True)
     run = run_record(cfg)
     if resume is not None:

@@ -1,7 +1,9 @@
-"""Bytes on disk of the adapter checkpoints gpt2_ft.py writes, for GPT-2 S/M/L on q and v.
+"""Bytes on disk of the adapter folders gpt2_ft.py writes (``model.<step>/``, both files), for GPT-2 S/M/L
+on q and v.
 
-Each file is written by the real ``save_adapter`` (model built on the meta device, adapter tensors
-as zeros: size does not depend on values), so container overhead and b-bit packing are included.
+Each folder is written by the real save (``nola.gpt2.checkpoint.save_checkpoint``; model built on the meta
+device, adapter tensors as zeros: size does not depend on values), so header overhead and b-bit packing
+are included.
 
     python benchmarks/adapter_size.py
 """

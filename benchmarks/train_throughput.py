@@ -60,7 +60,7 @@ def ours_step(model: GPT2LMModel, padded: bool, batches: list[dict], device) -> 
             logits, _ = model(b["input"])
             loss = lm_loss(logits, b["target"], b["mask"], 0.1)
         else:
-            loss = net(b["input"], b["target"], b["mask"], b["positions"], 0.1)
+            loss = net(b["input"], b["target"], b["mask"], b["positions"], 0.1) / (b["mask"].sum() + 1e-4)
         loss.backward()
         opt.step()
 

@@ -15,6 +15,8 @@ METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
 
 def collect(run_dir: Path) -> dict:
+    from nola.gpt2.checkpoint import saved_bytes  # torch only when a run is collected
+
     scores = json.loads((run_dir / "scores.json").read_text())["scores"]
     row = {"scores": {m: scores[m] for m in METRICS}, "params": 0, "adapter_bytes": None,
            "train_seconds": int((run_dir / "train_seconds.txt").read_text()), "valid": []}
@@ -22,7 +24,7 @@ def collect(run_dir: Path) -> dict:
     if log.exists():
         found = re.findall(r"trainable parameters: ([\d,]+)", log.read_text())
         row["params"] = int(found[-1].replace(",", "")) if found else None
-        row["adapter_bytes"] = Path((run_dir / "checkpoint.txt").read_text().strip()).stat().st_size
+        row["adapter_bytes"] = saved_bytes((run_dir / "checkpoint.txt").read_text().strip())
         for line in (run_dir / "log.jsonl").read_text().splitlines():
             item = json.loads(line)
             if item.get("split") == "valid":

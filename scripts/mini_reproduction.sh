@@ -62,7 +62,7 @@ adapt() {
       --max_step "${ADAPT_STEPS:-600}" --save_interval 100000 --log_interval 100 --eval_interval 100 \
       --label_smooth 0.1 --work_dir "$dir" --overwrite --random_seed 110 "$@" > "$dir/train.log" 2>&1 \
       || { echo "training $name failed: $dir/train.log"; exit 1; }
-    ckpt=$(ls "$dir"/model.*.pt | sort -t. -k2 -n | tail -n 1)
+    ckpt="$dir/$(ls "$dir" | grep -E '^model\.[0-9]+$' | sort -t. -k2 -n | tail -n 1)"  # the last adapter folder
   fi
   echo $((SECONDS - t0)) > "$dir/train_seconds.txt"
   "${launch[@]}" src/gpt2_beam.py --data "$e2e/test.jsonl" --batch_size 16 --seq_len 128 --eval_len 64 \

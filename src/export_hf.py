@@ -1,6 +1,6 @@
 """Export a base, adapter or full checkpoint as a ``transformers`` GPT-2 folder (adapter merged).
 
-    python src/export_hf.py --model_card gpt2.md --init_checkpoint trained_models/.../model.26290.pt --out gpt2_nola_e2e
+    python src/export_hf.py --model_card gpt2.md --init_checkpoint trained_models/.../model.26290 --out gpt2_nola_e2e
     # then, anywhere: GPT2LMHeadModel.from_pretrained("gpt2_nola_e2e")
 """
 from __future__ import annotations

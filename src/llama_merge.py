@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from nola.causal.causal_lm import load_causal_lm, save_merged
+from nola.causal.causal_lm import ADAPTER_BASE_FIX, load_causal_lm, save_merged
 from nola.train.cli import add_flags, config_from
 from nola.config import LlamaSource, MergeConfig
 from nola.errors import fail, run_cli
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--bits {source.bits}: an adapter cannot be merged into a quantised base; use --bits 16 or 32")
     check_writable(cfg.output_dir, "--output_dir", folder=True)
     model, tokenizer = load_causal_lm(source, torch.device("cpu"))
-    load_adapter(model, cfg.adapter)
+    load_adapter(model, cfg.adapter, fix=ADAPTER_BASE_FIX)
     save_merged(model, tokenizer, cfg.output_dir)
 
 

@@ -1,6 +1,7 @@
 """Damaged, truncated and foreign checkpoints of every kind: one `error:` line naming the file, exit 2,
 nothing written; content checksums (`nola.integrity`) catch a flipped byte; files written before
-checksums still load, with a note, to the same predictions.
+checksums still load, with a note, to the same predictions. Adapters come as the folder ``model.<step>/``
+and as the pickled ``model.<step>.pt`` of earlier versions (written by ``tests/legacy_adapter.py``).
 
 The command-line cases are rows of ``CASES``: (id, argv, expected substring of the one `error:`
 line, paths that must not exist afterwards); ``{d}`` is the fixture folder, ``{id}`` the case id.
@@ -24,7 +25,7 @@ import pytest
 import torch
 
 import nola
-from nola.gpt2.checkpoint import metadata, read_checkpoint, save_adapter
+from nola.gpt2.checkpoint import metadata, read_checkpoint, save_checkpoint
 from nola.gpt2.build import build_from_flags
 from nola.config import NOLAConfig, OptimConfig
 from nola.errors import UsageError
@@ -32,6 +33,7 @@ from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
 from nola.integrity import CONTENT_KEY, content_digest, seal
 from nola.train.optim import make_optimizer
 from nola.train.resume import rng_state, save_resume
+from tests.legacy_adapter import save_pt_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -58,7 +60,15 @@ CASES = [
     ("beam-adapter-flipped-byte", [*BEAM, "--init_checkpoint", "{d}/model.flip.pt"], "{d}/model.flip.pt is damaged", [OUT]),
     ("beam-adapter-missing-key", [*BEAM, "--init_checkpoint", "{d}/model.nocard.pt"], "{d}/model.nocard.pt lacks 'model_config'", [OUT]),
     ("beam-adapter-wrong-type", [*BEAM, "--init_checkpoint", "{d}/model.listed.pt"], "{d}/model.listed.pt: 'tensors' holds a list", [OUT]),
-    ("beam-base-truncated", [*BEAM, "--init_checkpoint", "{d}/model.100.pt", "--base_checkpoint", "{d}/cut.bin"], "{d}/cut.bin: SHA-256", [OUT]),
+    ("beam-base-truncated", [*BEAM, "--init_checkpoint", "{d}/model.100.pt", "--base_checkpoint", "{d}/cut.bin"], "not the base file {d}/cut.bin", [OUT]),
+    ("beam-folder-flipped-byte", [*BEAM, "--init_checkpoint", "{d}/model.flip"], f"{{d}}/model.flip/{WEIGHTS_FILE}: SHA-256 differs", [OUT]),
+    ("beam-folder-no-config", [*BEAM, "--init_checkpoint", "{d}/model.noconfig"], f"{{d}}/model.noconfig/{CONFIG_FILE} not found", [OUT]),
+    ("beam-folder-other-base", [*BEAM, "--init_checkpoint", "{d}/model.200", "--base_checkpoint", "{d}/base.safetensors"],
+     "{d}/model.200: saved for the base file {d}/base.bin (sha256 ", [OUT]),
+    ("beam-folder-of-a-hub-model", [*BEAM, "--init_checkpoint", "{d}/hub_adapter"], "{d}/hub_adapter: an adapter for a GPT2LMHeadModel identified by its config, not for the GPT-2 fork", [OUT]),
+    ("beam-pt-name-of-a-folder-other-base", [*BEAM, "--init_checkpoint", "{d}/model.200.pt", "--base_checkpoint", "{d}/base.safetensors"],
+     "{d}/model.200.pt: saved for the base file {d}/base.bin (sha256 ", [OUT]),
+    ("export-folder-random-base", [*EXPORT, "--init_checkpoint", "{d}/model.0"], "{d}/model.0: this adapter was trained on a randomly initialised GPT-2", [OUT]),
     ("ft-init-safetensors-truncated", [*FT, "--init_checkpoint", "{d}/cut.safetensors"], f"{{d}}/cut.safetensors {UNREADABLE}", [OUT]),
     ("ft-init-random-bytes", [*FT, "--init_checkpoint", "{d}/random.bin"], f"{{d}}/random.bin {UNREADABLE}", [OUT]),
     ("ft-init-adapter-flipped-byte", [*FT, "--init_checkpoint", "{d}/model.flip.pt"], "{d}/model.flip.pt is damaged", [OUT]),
@@ -72,8 +82,8 @@ CASES = [
     ("ft-resume-adapter-file", [*RESUME, "--resume", "{d}/model.100.pt"], "{d}/model.100.pt: not a resume file", ["{d}/log.jsonl"]),
     # A resume or adapter file meets a base: the recorded one (SHA-256 checked) or none at all.
     ("ft-resume-base-moved", [*RESUME, "--resume", "{d}/rs_moved"], "the interrupted run's base checkpoint '{d}/gone.bin' is not there; pass --base_checkpoint", ["{d}/rs_moved/log.jsonl"]),
-    ("ft-resume-moved-base-given", [*RESUME, "--resume", "{d}/rs_moved", "--base_checkpoint", "{d}/base.safetensors"], "{d}/base.safetensors: SHA-256", ["{d}/rs_moved/log.jsonl"]),
-    ("ft-resume-other-base", [*RESUME, "--random_seed", "110", "--resume", "{d}/rs", "--init_checkpoint", "{d}/base.safetensors"], "{d}/base.safetensors: SHA-256", ["{d}/rs/log.jsonl"]),
+    ("ft-resume-moved-base-given", [*RESUME, "--resume", "{d}/rs_moved", "--base_checkpoint", "{d}/base.safetensors"], "not the base file {d}/base.safetensors", ["{d}/rs_moved/log.jsonl"]),
+    ("ft-resume-other-base", [*RESUME, "--random_seed", "110", "--resume", "{d}/rs", "--init_checkpoint", "{d}/base.safetensors"], "not the base file {d}/base.safetensors", ["{d}/rs/log.jsonl"]),
     ("ft-resume-random-base-given-one", [*RESUME, "--resume", "{d}/rs_nobase", "--init_checkpoint", "{d}/base.bin"], "trained on a randomly initialised GPT-2 (no --init_checkpoint), so it must continue on one: drop --init_checkpoint", ["{d}/rs_nobase/log.jsonl"]),
     ("beam-adapter-random-base", [*BEAM, "--init_checkpoint", "{d}/model.nobase.pt"], "{d}/model.nobase.pt: this adapter was trained on a randomly initialised GPT-2", [OUT]),
     ("export-adapter-random-base", [*EXPORT, "--init_checkpoint", "{d}/model.nobase.pt"], "{d}/model.nobase.pt: this adapter was trained on a randomly initialised GPT-2", [OUT]),
@@ -82,9 +92,11 @@ CASES = [
     ("export-adapter-flipped-byte", [*EXPORT, "--init_checkpoint", "{d}/model.flip.pt"], "{d}/model.flip.pt is damaged", [OUT]),
     ("export-empty-file", [*EXPORT, "--init_checkpoint", "{d}/empty.pt"], "{d}/empty.pt is empty", [OUT]),
 ]
-# Not errors: the same adapter sealed and as written before checksums decode to the same predictions.
+# Not errors: the same adapter as a folder, as an old sealed file and as written before checksums decode
+# to the same predictions.
 GOOD = [("beam-sealed", [*BEAM, "--init_checkpoint", "{d}/model.100.pt"]),
-        ("beam-old-format", [*BEAM, "--init_checkpoint", "{d}/model.old.pt"])]
+        ("beam-old-format", [*BEAM, "--init_checkpoint", "{d}/model.old.pt"]),
+        ("beam-folder", [*BEAM, "--init_checkpoint", "{d}/model.200"])]
 
 
 def flip_inside(data: bytes, tensor: torch.Tensor) -> bytes:
@@ -102,8 +114,9 @@ def legacy_save(obj: dict, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_gpt2) -> Path:
-    """A tiny base (zip .bin, .safetensors), a trained 3-bit NOLA adapter on it and a resume.pt, each
-    also truncated, flipped, emptied or with a key missing or of the wrong type; 6 encoded lines."""
+    """A tiny base (zip .bin, .safetensors), a trained 3-bit NOLA adapter on it (folder and old file) and a
+    resume.pt, each also truncated, flipped, emptied or with a key missing or of the wrong type; a
+    transformers model's adapter folder; 6 encoded lines."""
     d = tmp_path_factory.mktemp("bad_ckpt")
     shutil.copy(tiny_gpt2 / "card.json", d / "card.json")
     shutil.copy(tiny_gpt2 / "pytorch_model.bin", d / "base.bin")
@@ -119,8 +132,18 @@ def files(tmp_path_factory, tiny_gpt2) -> Path:
         for p in built.model.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.5)
-    save_adapter(built.model, d / "model.100.pt", built.base_path, built.base_sha256, step=100)
-    save_adapter(built.model, d / "model.nobase.pt", None, None, step=100)
+    save_pt_adapter(built.model, d / "model.100.pt", built.base_path, built.base_sha256, step=100)
+    save_pt_adapter(built.model, d / "model.nobase.pt", None, None, step=100)
+    folder, _ = save_checkpoint(built.model, d, built.base_path, built.base_sha256, 200)
+    save_checkpoint(built.model, d, None, None, 0)  # model.0/: trained on a random GPT-2
+    for name in ("flip", "noconfig"):
+        shutil.copytree(folder, d / f"model.{name}")
+    (d / "model.noconfig" / CONFIG_FILE).unlink()
+    from safetensors.torch import load_file
+
+    weights = (folder / WEIGHTS_FILE).read_bytes()
+    (d / "model.flip" / WEIGHTS_FILE).write_bytes(flip_inside(weights, load_file(folder / WEIGHTS_FILE)["scale"]))
+    nola.save_adapter(_hf_adapted()[0], d / "hub_adapter")
     adapter = torch.load(d / "model.100.pt", weights_only=True)
     old = {k: v for k, v in adapter.items() if k != CONTENT_KEY}
     legacy_save(old, d / "model.old.pt")
@@ -212,12 +235,12 @@ def test_bad_checkpoint_is_one_error_line(files, results, case_id, argv, expecte
 
 
 def test_adapter_written_before_checksums_loads_with_a_note_to_the_same_predictions(files, results):
-    (sealed, sealed_err), (old, old_err) = results["beam-sealed"], results["beam-old-format"]
-    assert sealed == 0 and old == 0, sealed_err + old_err
+    (sealed, sealed_err), (old, old_err), (folder, folder_err) = (results[case] for case, _ in GOOD)
+    assert sealed == 0 and old == 0 and folder == 0, sealed_err + old_err + folder_err
     note = f"note: {files}/model.old.pt was written before nola recorded content checksums"
-    assert note in old_err and "note:" not in sealed_err
-    predictions = [(files / f"out_{case}" / "p.jsonl").read_text() for case in ("beam-sealed", "beam-old-format")]
-    assert predictions[0] == predictions[1] and len(predictions[0].splitlines()) == 6
+    assert note in old_err and "note:" not in sealed_err and "note:" not in folder_err
+    predictions = [(files / f"out_{case}" / "p.jsonl").read_text() for case, _ in GOOD]
+    assert predictions[0] == predictions[1] == predictions[2] and len(predictions[0].splitlines()) == 6
 
 
 def _encode(tag: bytes, data: bytes) -> bytes:

@@ -18,8 +18,9 @@ from nola.decoding.beam import beam_search
 from nola.config import BeamSettings
 from nola.train.cli import config_from
 from nola.gpt2.build import build_from_flags
-from nola.gpt2.checkpoint import save_adapter
+from nola.gpt2.checkpoint import save_checkpoint
 from nola.errors import UsageError
+from tests.legacy_adapter import save_pt_adapter
 
 NOLA = ["--nola_rank", "4", "--nola_c", "1.0", "--nola_qv", "--nola_num_basis", "64", "--qnola", "--qbits", "3"]
 EVAL_LEN = 8
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_gpt2):
-    """A base file of our own (so it can be moved) and a 3-bit NOLA adapter + full checkpoint on it."""
+    """A base file of our own (so it can be moved) and a 3-bit NOLA adapter on it: the folder model.100/,
+    the pickled model.100.pt of earlier versions, and a full checkpoint full/model.100.pt."""
     root = tmp_path_factory.mktemp("beam_cli")
     base = root / "base" / "pytorch_model.bin"
     base.parent.mkdir()
@@ -42,8 +44,9 @@ def trained(tmp_path_factory, tiny_gpt2):
         for p in built.model.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.5)
-    save_adapter(built.model, root / "model.100.pt", built.base_path, built.base_sha256, step=100)
-    save_adapter(built.model, root / "full.100.pt", built.base_path, built.base_sha256, step=100, full=True)
+    save_checkpoint(built.model, root, built.base_path, built.base_sha256, 100)
+    save_pt_adapter(built.model, root / "model.100.pt", built.base_path, built.base_sha256, step=100)
+    save_checkpoint(built.model, root / "full", built.base_path, built.base_sha256, 100, full=True)
     return root, card
 
 
@@ -64,7 +67,7 @@ def e2e_run(trained, e2e_data, repo):
     """The paper's decoding command (scaled down) as a plain-python process on the whole E2E test set."""
     root, card = trained
     cmd = [sys.executable, str(repo / "src" / "gpt2_beam.py"), "--batch_size", "32", "--model_card", card,
-           "--init_checkpoint", str(root / "model.100.pt"), "--platform", "local", *NOLA, "--threads", "1",
+           "--init_checkpoint", str(root / "model.100"), "--platform", "local", *NOLA, "--threads", "1",
            *beam_flags(e2e_data / "test.jsonl", root / "run", "predict.100.b2p08r4.jsonl")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -85,7 +88,7 @@ def test_e2e_chain_decodes_each_context_once_and_writes_scorer_files(trained, e2
     assert "630 distinct contexts" in stderr and "ex/s" in stderr  # progress bar in examples/s
 
     # same as beam-searching a few contexts alone with the adapter merged in this process
-    model = build_from_flags(("--model_card", card, "--init_checkpoint", str(root / "model.100.pt")),
+    model = build_from_flags(("--model_card", card, "--init_checkpoint", str(root / "model.100")),
                         torch.device("cpu")).model.eval()
     model.merge_adapters()
     settings = BeamSettings(beam=2, eval_len=EVAL_LEN, length_penalty=0.8, no_repeat_ngram_size=4, eos_ids=(50256, 628))
@@ -115,7 +118,7 @@ def test_two_ranks_under_torch_distributed_launch_match_one_process(trained, e2e
         port = probe.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(port),
            str(repo / "src" / "gpt2_beam.py"), "--batch_size", "5", "--model_card", card,
-           "--init_checkpoint", str(root / "model.100.pt"), "--platform", "local", *NOLA, "--threads", "1",
+           "--init_checkpoint", str(root / "model.100"), "--platform", "local", *NOLA, "--threads", "1",
            *beam_flags(subset, tmp_path, "predict.jsonl")]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -133,12 +136,14 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
                         *beam_flags(subset, tmp_path, name), *extra])
         return read_predictions(tmp_path / name)
 
-    assert decode(root / "full.100.pt", "full.jsonl", "--batch_size", "1") == expected
-    assert decode(root / "model.100.pt", "batch7.jsonl", "--batch_size", "7", *NOLA) == expected
-    with pytest.raises(UsageError, match="--nola_rank 8 contradicts the checkpoint"):
-        decode(root / "model.100.pt", "x.jsonl", "--nola_rank", "8")
+    assert decode(root / "full" / "model.100.pt", "full.jsonl", "--batch_size", "1") == expected
+    assert decode(root / "model.100", "batch7.jsonl", "--batch_size", "7", *NOLA) == expected
+    assert decode(root / "model.100.pt", "old.jsonl", "--batch_size", "7") == expected  # an earlier version's file
+    for ckpt in (root / "model.100", root / "model.100.pt"):
+        with pytest.raises(UsageError, match="--nola_rank 8 contradicts the checkpoint"):
+            decode(ckpt, "x.jsonl", "--nola_rank", "8")
     with pytest.raises(UsageError, match="--seq_len 400: the model card .* has n_positions=256"):
-        decode(root / "model.100.pt", "x.jsonl", "--seq_len", "400", "--eval_len", "250")
+        decode(root / "model.100", "x.jsonl", "--seq_len", "400", "--eval_len", "250")
 
     # microsoft/LoRA's own full state dict (no metadata, DDP prefix, untied head copy) with --lora_* flags
     lora = ["--lora_dim", "2", "--lora_alpha", "16"]
@@ -151,9 +156,10 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
     state = {"module." + k: v for k, v in built.model.state_dict().items()}
     state["module.lm_head.decoder.weight"] = state["module.transformer.wte.weight"]
     torch.save({"model_state_dict": state}, tmp_path / "lora_original.pt")
-    save_adapter(built.model, tmp_path / "lora_adapter.pt", built.base_path, built.base_sha256)
+    lora_folder, _ = save_checkpoint(built.model, tmp_path / "lora", built.base_path, built.base_sha256, 0)
+    save_pt_adapter(built.model, tmp_path / "lora_adapter.pt", built.base_path, built.base_sha256)
     with_lora = decode(tmp_path / "lora_original.pt", "lora_a.jsonl", *lora)
-    assert with_lora == decode(tmp_path / "lora_adapter.pt", "lora_b.jsonl")
+    assert with_lora == decode(lora_folder, "lora_b.jsonl") == decode(tmp_path / "lora_adapter.pt", "lora_c.jsonl")
     base_only = decode(root / "base" / "pytorch_model.bin", "base.jsonl")
     assert with_lora != base_only and expected != base_only  # the adapters were applied
 
@@ -162,15 +168,16 @@ def test_checkpoint_formats_base_identity_and_flag_checks(trained, e2e_run, e2e_
     base = root / "base" / "pytorch_model.bin"
     shutil.move(base, moved)
     try:
-        with pytest.raises(UsageError, match="--base_checkpoint"):
-            decode(root / "model.100.pt", "x.jsonl")
-        assert decode(root / "model.100.pt", "moved.jsonl", "--base_checkpoint", str(moved)) == expected
         other = tmp_path / "other.bin"
         state = torch.load(moved, weights_only=True)
         state["ln_f.bias"] = state["ln_f.bias"] + 1.0
         torch.save(state, other)
-        with pytest.raises(UsageError, match="SHA-256"):
-            decode(root / "model.100.pt", "x.jsonl", "--base_checkpoint", str(other))
+        for ckpt in (root / "model.100", root / "model.100.pt"):
+            with pytest.raises(UsageError, match="--base_checkpoint"):
+                decode(ckpt, "x.jsonl")
+            assert decode(ckpt, "moved.jsonl", "--base_checkpoint", str(moved)) == expected
+            with pytest.raises(UsageError, match="SHA-256 must match"):
+                decode(ckpt, "x.jsonl", "--base_checkpoint", str(other))
     finally:
         shutil.move(moved, base)
     assert not (tmp_path / "x.jsonl").exists()

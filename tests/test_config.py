@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nola.gpt2.build import build_model, resolve_adapter
-from nola.gpt2.checkpoint import metadata, read_checkpoint, save_adapter
+from nola.gpt2.checkpoint import metadata, read_checkpoint, save_checkpoint
 from nola.train.cli import config_from
 from nola.config import (AdapterRequest, BeamSettings, DecodeConfig, LaunchConfig, LoRAConfig, ModelSource,
                          NOLAConfig, OptimConfig, TrainConfig, flag_of, identity_fields)
@@ -82,15 +82,15 @@ def test_requested_adapter_checked_against_the_record():
     assert resolve_adapter(AdapterRequest(nola={"qv": True}), "materialised").rank == NOLAConfig().rank
 
 
-def test_one_metadata_block_in_adapter_file_resume_file_and_export(tiny_gpt2, tmp_path):
+def test_one_metadata_block_in_adapter_folder_resume_file_and_export(tiny_gpt2, tmp_path):
     source = ModelSource(model_card=str(tiny_gpt2 / "card.json"), init_checkpoint=str(tiny_gpt2 / "pytorch_model.bin"))
     built = build_model(source, torch.device("cpu"), AdapterRequest(nola={"rank": 4, "qv": True, "num_basis": 20}))
     block = metadata(built.model, built.base_path, built.base_sha256)
     assert set(block) == {"version", "adapter", "config", "model_config", "base"}
-    save_adapter(built.model, tmp_path / "model.3.pt", built.base_path, built.base_sha256, step=3)
-    adapter_file = read_checkpoint(tmp_path / "model.3.pt")
-    assert {k: adapter_file[k] for k in block} == block
-    export_hf.main(["--model_card", source.model_card, "--init_checkpoint", str(tmp_path / "model.3.pt"),
+    folder, _ = save_checkpoint(built.model, tmp_path, built.base_path, built.base_sha256, 3)
+    adapter_folder = read_checkpoint(folder)
+    assert {k: adapter_folder[k] for k in block} == block
+    export_hf.main(["--model_card", source.model_card, "--init_checkpoint", str(folder),
                     "--out", str(tmp_path / "hf")])
     exported = json.loads((tmp_path / "hf" / "config.json").read_text())["nola_export"]
     assert {k: exported[k] for k in block} == json.loads(json.dumps(block))

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from nola.gpt2.build import build_from_flags
-from nola.gpt2.checkpoint import save_adapter
+from nola.gpt2.checkpoint import save_checkpoint
+from tests.legacy_adapter import save_pt_adapter
 
 CPU = torch.device("cpu")
 
 
-def trained_checkpoint(tiny_gpt2, path, *flags, full=False):
-    """An adapter (or full) checkpoint with random, clearly non-zero adapter weights."""
+def trained_checkpoint(tiny_gpt2, work, *flags, layout="folder"):
+    """A checkpoint at step 7 in ``work`` with random, clearly non-zero adapter weights: the adapter
+    folder (``layout`` "folder"), an earlier version's adapter file ("old") or a full state dict ("full")."""
     built = build_from_flags(("--model_card", str(tiny_gpt2 / "card.json"),
                               "--init_checkpoint", str(tiny_gpt2 / "pytorch_model.bin"), *flags), CPU)
     torch.manual_seed(3)
@@ -23,18 +25,21 @@ def trained_checkpoint(tiny_gpt2, path, *flags, full=False):
         for p in built.model.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.5)
-    save_adapter(built.model, path, built.base_path, built.base_sha256, step=7, full=full)
-    return path
+    if layout == "old":
+        save_pt_adapter(built.model, work / "model.7.pt", built.base_path, built.base_sha256, step=7)
+        return work / "model.7.pt"
+    return save_checkpoint(built.model, work, built.base_path, built.base_sha256, 7, full=layout == "full")[0]
 
 
 @pytest.mark.parametrize("flags", [
     ["--nola_rank", "4", "--nola_qv", "--nola_mlp", "--nola_num_basis", "64", "--qnola", "--qbits", "3"],
     ["--lora_dim", "2", "--lora_alpha", "16"],
 ], ids=["nola-3bit", "lora"])
-def test_export_loads_in_transformers_with_our_logits(tmp_path, tiny_gpt2, repo, flags):
+@pytest.mark.parametrize("layout", ["folder", "old"])
+def test_export_loads_in_transformers_with_our_logits(tmp_path, tiny_gpt2, repo, flags, layout):
     from transformers import GPT2LMHeadModel
 
-    ckpt = trained_checkpoint(tiny_gpt2, tmp_path / "model.7.pt", *flags)
+    ckpt = trained_checkpoint(tiny_gpt2, tmp_path, *flags, layout=layout)
     out = tmp_path / "hf"
     card = str(tiny_gpt2 / "card.json")
     run = subprocess.run([sys.executable, str(repo / "src" / "export_hf.py"), "--model_card", card,
@@ -62,7 +67,7 @@ def test_export_of_a_full_checkpoint_and_contradicting_flags(tmp_path, tiny_gpt2
     import export_hf
 
     flags = ["--nola_rank", "4", "--nola_qv", "--nola_num_basis", "64"]
-    full = trained_checkpoint(tiny_gpt2, tmp_path / "full.pt", *flags, full=True)
+    full = trained_checkpoint(tiny_gpt2, tmp_path, *flags, layout="full")
     card = str(tiny_gpt2 / "card.json")
     export_hf.main(["--model_card", card, "--init_checkpoint", str(full), "--out", str(tmp_path / "hf")])
     from transformers import GPT2LMHeadModel

@@ -45,7 +45,7 @@ def whole(tiny_gpt2, base, data, tmp_path_factory) -> Path:
 
 
 def same_as_whole(work: Path, whole: Path) -> None:
-    assert max_diff(adapter(work / f"model.{STEPS}.pt"), adapter(whole / f"model.{STEPS}.pt")) <= 1e-6
+    assert max_diff(adapter(work / f"model.{STEPS}"), adapter(whole / f"model.{STEPS}")) <= 1e-6
     assert [r["step"] for r in rows(work, "train")] == list(range(1, STEPS + 1))
     assert [r["step"] for r in rows(work, "valid")] == [12, 24, 32]
     assert not list(work.glob(".*.tmp"))
@@ -82,20 +82,24 @@ def test_reused_work_dir_is_refused_and_overwrite_starts_afresh(tiny_gpt2, base,
     work = tmp_path / "run"
     short = run_args(tiny_gpt2, base, data) + ["--max_step", "4", "--work_dir", str(work)]
     main(short)
-    before = {p.name: p.read_bytes() for p in work.iterdir() if not p.name.startswith(".")}
-    assert set(before) == {"log.jsonl", "model.4.pt", "resume.pt"}
+    before = {p.name: p.read_bytes() if p.is_file() else sorted(p.iterdir())
+              for p in work.iterdir() if not p.name.startswith(".")}
+    assert set(before) == {"log.jsonl", "model.4", "resume.pt"}
     line = fails(short, capsys)
-    assert line == (f"error: --work_dir {work} holds an earlier run (log.jsonl, model.4.pt, resume.pt): continue it "
+    assert line == (f"error: --work_dir {work} holds an earlier run (log.jsonl, model.4, resume.pt): continue it "
                     f"with --resume {work}, or start again with --overwrite (deletes those files), or choose another "
                     f"--work_dir")
-    assert {p.name: p.read_bytes() for p in work.iterdir() if not p.name.startswith(".")} == before
+    assert {p.name: p.read_bytes() if p.is_file() else sorted(p.iterdir())
+            for p in work.iterdir() if not p.name.startswith(".")} == before
     assert "--overwrite would delete the run" in fails(short + ["--resume", str(work), "--overwrite"], capsys)
-    # --overwrite: the earlier run's files go (an older model.9.pt, a stale temp file), others stay.
-    (work / "model.9.pt").write_bytes(before["model.4.pt"])
+    # --overwrite: the earlier run's outputs go (its model.4/, a --save_full model.9.pt, stale temp file and
+    # folder), others stay.
+    (work / "model.9.pt").write_bytes(b"an earlier run's full state dict")
     (work / ".model.8.pt.k2j_x9ab.tmp").write_bytes(b"half")
+    (work / ".model.8.k2j_x9ab.tmp").mkdir()
     (work / "notes.txt").write_text("mine")
     main(short + ["--overwrite", "--max_step", "3", "--save_interval", "3"])
-    assert sorted(p.name for p in work.iterdir()) == [".lock", "log.jsonl", "model.3.pt", "notes.txt", "resume.pt"]
+    assert sorted(p.name for p in work.iterdir()) == [".lock", "log.jsonl", "model.3", "notes.txt", "resume.pt"]
     assert [r["step"] for r in rows(work, "train")] == [1, 2, 3]  # no row of the earlier run left
     assert read_checkpoint(work / "resume.pt")["step"] == 3
 
@@ -171,7 +175,8 @@ def test_full_disk_during_a_log_append_or_a_save_damages_nothing_and_resume_is_e
     args = run_args(tiny_gpt2, base, data) + ["--work_dir", str(work)]
     main(args + ["--stop_at_step", "22"])
     log_before = (work / "log.jsonl").read_bytes()
-    resume_size, model_size = (work / "resume.pt").stat().st_size, (work / "model.22.pt").stat().st_size
+    resume_size = (work / "resume.pt").stat().st_size
+    model_size = max(p.stat().st_size for p in (work / "model.22").iterdir())  # the limit is per file
     assert model_size < len(log_before) < 16384 < resume_size  # what the limits below rely on
     again = args + ["--resume", str(work)]
     ending = (rf" \(EFBIG: File too large\); the last complete checkpoint is step 22 in {re.escape(str(work))}: "
@@ -183,13 +188,13 @@ def test_full_disk_during_a_log_append_or_a_save_damages_nothing_and_resume_is_e
     assert re.fullmatch(rf"error: {re.escape(str(work))}: no space left while writing at step 23" + ending,
                         error_lines(stderr)[0]), stderr[-2000:]
     assert (work / "log.jsonl").read_bytes() == log_before
-    # The log fits, resume.pt does not: the step-24 adapter file is written whole, resume.pt stays at step 22.
+    # The log fits, resume.pt does not: the step-24 adapter folder is written whole, resume.pt stays at step 22.
     proc = child(again, preexec_fn=limited(16384))
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and len(error_lines(stderr)) == 1, stderr[-2000:]
     assert re.fullmatch(rf"error: {re.escape(str(work))}: no space left while writing at step 24" + ending,
                         error_lines(stderr)[0]), stderr[-2000:]
-    assert read_checkpoint(work / "resume.pt")["step"] == 22 and read_checkpoint(work / "model.24.pt")["step"] == 24
+    assert read_checkpoint(work / "resume.pt")["step"] == 22 and read_checkpoint(work / "model.24")["step"] == 24
     assert not list(work.glob(".*.tmp"))
     main(again)
     same_as_whole(work, whole)
@@ -207,9 +212,11 @@ def test_torn_log_rows_and_stale_temp_files(tiny_gpt2, base, data, whole, tmp_pa
     assert fails(args + ["--resume", str(work)], capsys) == (
         f"error: {log_path}:1: not a JSON row of a training log; remove that line (or the file) and resume again")
     log_path.write_text(good + '{"step": 9, "split": "tr')
-    stale = [work / ".resume.pt.a1b2c3d4.tmp", work / ".model.8.pt.zz_9x8y7.tmp"]
-    for path in stale:
+    stale = [work / ".resume.pt.a1b2c3d4.tmp", work / ".model.8.pt.zz_9x8y7.tmp", work / ".model.8.zz_9x8y7.tmp"]
+    for path in stale[:2]:
         path.write_bytes(b"\x80half")
+    stale[2].mkdir()  # a half-built adapter folder (nola.train.cache.building)
+    (stale[2] / "adapter_model.safetensors").write_bytes(b"\x80half")
     main(args + ["--resume", str(work)])
     assert f"{log_path}:{good.count(chr(10)) + 1}: dropped a torn last row" in caplog.text
     assert not any(path.exists() for path in stale)
@@ -233,8 +240,8 @@ def test_a_non_finite_loss_stops_the_run_without_a_checkpoint_of_it(tiny_gpt2, b
             f"--resume {work})" if saved else
             "no checkpoint was saved yet (lower --lr or check the data, then start again with --overwrite)")
     assert line == f"error: {what} is not finite (NaN or inf) at step {step}; stopped without saving it: {last}"
-    assert sorted(work.glob("model.*.pt")) == [work / f"model.{s}.pt" for s in saved]
-    assert all(torch.isfinite(t).all() for s in saved for t in adapter(work / f"model.{s}.pt").values())
+    assert sorted(work.glob("model.*")) == [work / f"model.{s}" for s in saved]
+    assert all(torch.isfinite(t).all() for s in saved for t in adapter(work / f"model.{s}").values())
     assert all(r["step"] < step for r in map(json.loads, (work / "log.jsonl").read_text().splitlines()))
 
 

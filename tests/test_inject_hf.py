@@ -21,7 +21,7 @@ from transformers.utils import logging as hf_logging
 import nola
 from nola.config import LoRAConfig, NOLAConfig
 from nola.errors import UsageError
-from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
+from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, check_base, file_identity
 from nola.integrity import CONTENT_KEY, content_digest
 from nola.adapters import gpt2_targets, set_merged
 from nola.gpt2.model import GPT2Config as ForkConfig
@@ -293,6 +293,30 @@ def test_wrong_base_changed_payload_and_missing_or_unexpected_keys_fail_in_one_l
         assert word in message and CONFIG_FILE in message
     other, _ = _adapted("llama", seed=6)
     assert "seed" in _one_line_error(other, nola.save_adapter(model, tmp_path / "b"))
+
+
+def test_the_base_identity_is_of_the_kind_the_folder_records(tmp_path):
+    """A folder identifies its base by config (the default; format version 1, no ``kind``, as before) or
+    by file (path + SHA-256: version 2); loading compares the kind's fields and says the caller's fix."""
+    model, _ = _adapted("llama")
+    by_config = json.loads((nola.save_adapter(model, tmp_path / "c") / CONFIG_FILE).read_text())
+    assert by_config["format_version"] == 1
+    assert set(by_config["base_model"]) == {"class", "config_sha256", "name_or_path"}
+    base = file_identity("base.bin", "ab" * 32)
+    folder = nola.save_adapter(model, tmp_path / "f", base, step=7)
+    header = json.loads((folder / CONFIG_FILE).read_text())
+    assert header["format_version"] == 2 and header["base_model"] == base and header["step"] == 7
+    assert "identifies its base by file (the base file base.bin (sha256 abababababab)), the base at hand by config" \
+        in _one_line_error(_llama(), folder)
+    loaded = nola.load_adapter(_llama(), folder, base=file_identity("moved/base.bin", "ab" * 32))  # the path may move
+    assert torch.equal(loaded.nola.q_proj.alpha, model.nola.q_proj.alpha)
+    with pytest.raises(UsageError, match=r"saved for the base file base.bin \(sha256 abababababab\), not the base file "
+                                         r"other.bin \(sha256 cdcdcdcdcdcd\): pass --base the file it was trained on$"):
+        nola.load_adapter(_llama(), folder, base=file_identity("other.bin", "cd" * 32),
+                          fix="pass --base the file it was trained on")
+    header["base_model"] = {"kind": "tokenizer", "sha256": "ab" * 32}
+    with pytest.raises(UsageError, match="kind 'tokenizer' is unknown to this nola .*: upgrade nola"):
+        check_base(header["base_model"], base, folder, "unused")
 
 
 def test_lora_on_gpt2_equals_the_fork_and_on_llama_merges_saves_and_loads(tmp_path):

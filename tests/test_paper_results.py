@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nola.gpt2.checkpoint import save_adapter
+from nola.gpt2.checkpoint import save_checkpoint
 from nola.errors import UsageError
 from nola.config import NOLAConfig
 from nola.gpt2.model import GPT2Config, GPT2LMModel
 from scripts.paper.results import METRICS, load_published, load_rows, parse_scores, render_table
+from tests.legacy_adapter import save_pt_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "published.json"
@@ -116,13 +117,18 @@ def test_make_table_cli_bad_row_is_one_line_error(tmp_path):
     assert result.stderr.startswith(f"error: {tmp_path / 'e2e.jsonl'}:2: not JSON") and result.stderr.count("\n") == 1
 
 
-def test_record_row_from_a_quantised_adapter(tmp_path):
-    """record_row.py counts the coefficients of a real (3-bit packed) adapter file and appends one row."""
+@pytest.mark.parametrize("layout", ["folder", "old file"])
+def test_record_row_from_a_quantised_adapter(tmp_path, layout):
+    """record_row.py counts the coefficients of a real (3-bit packed) adapter, the folder or an earlier
+    version's file, and appends one row."""
     cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=1000)
     model = GPT2LMModel(cfg, nola=NOLAConfig(rank=4, num_basis=10, qv=True, qbits=3))
-    ckpt = tmp_path / "work" / "model.120.pt"
-    ckpt.parent.mkdir()
-    size = save_adapter(model, ckpt, step=120)
+    if layout == "folder":
+        ckpt, size = save_checkpoint(model, tmp_path / "work", None, None, 120)
+    else:
+        ckpt = tmp_path / "work" / "model.120.pt"
+        ckpt.parent.mkdir()
+        size = save_pt_adapter(model, ckpt, step=120)
     scores = tmp_path / "work" / "scores.json"
     scores.write_text('{"BLEU": 0.61, "NIST": 7.9, "METEOR": 0.43, "ROUGE_L": 0.65, "CIDEr": 2.2}')
     commands = tmp_path / "work" / "commands.txt"
@@ -138,7 +144,7 @@ def test_record_row_from_a_quantised_adapter(tmp_path):
     assert len(lines) == 2
     row = json.loads(lines[-1])
     assert row["params"] == 2 * 2 * 2 * 10  # layers x (q, v) x (alpha, beta) x k
-    assert row["adapter_bytes"] == size == ckpt.stat().st_size
+    assert row["adapter_bytes"] == size == sum(p.stat().st_size for p in ([ckpt] if ckpt.is_file() else ckpt.iterdir()))
     assert row["scores"]["BLEU"] == 0.61 and row["nproc"] == 2 and row["dataset"] == "e2e"
     assert row["commands"] == ["python -m torch.distributed.launch gpt2_ft.py --qnola", "python gpt2_beam.py"]
     assert row["git_commit"] and row["date"].endswith("+00:00")

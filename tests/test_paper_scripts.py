@@ -104,7 +104,7 @@ def test_real_checkout_fails_on_an_empty_root(tmp_path):
 
 def test_earlier_run_is_not_mixed_in(layout):
     repo, root = layout
-    _write(root / "trained_models" / "e2e_gpt2m_lora_r1" / "model.1000.pt")
+    _write(root / "trained_models" / "e2e_gpt2m_lora_r1" / "model.1000" / "adapter_config.json")
     result = run(repo / "scripts" / "paper" / "e2e_gpt2m_lora_r1.sh", root=root)
     assert_clean_failure(result, r"trained_models/e2e_gpt2m_lora_r1 holds an earlier run: continue it with --resume")
 
@@ -115,7 +115,7 @@ def test_resume_continues_an_interrupted_run(layout):
     assert_clean_failure(run(script, "--dry-run", "--resume", root=root), r"resume\.pt is missing")
     work = root / "trained_models" / "e2e_gpt2m_nola_qv_96k"
     _write(work / "resume.pt")
-    _write(work / "model.1000.pt")
+    _write(work / "model.1000" / "adapter_config.json")
     result = run(script, "--dry-run", "--resume", root=root)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].endswith(f"--nola_num_basis 1000 --resume {work}")
@@ -260,8 +260,9 @@ def test_row_end_to_end_on_cpu(tmp_path, mirror):
     work = root / "trained_models" / "tiny_row"
     row = json.loads((tmp_path / "results" / "e2e.jsonl").read_text())
     # 24 lines / (8 / 2 processes) = 6 batches per process-epoch over 2 processes -> 3 steps x 5 epochs
-    assert row["checkpoint"] == str(work / "model.15.pt")
-    assert row["params"] == 2 * 2 * 2 * 50 and row["adapter_bytes"] == (work / "model.15.pt").stat().st_size
+    assert row["checkpoint"] == str(work / "model.15")  # the last adapter folder
+    assert row["params"] == 2 * 2 * 2 * 50
+    assert row["adapter_bytes"] == sum(p.stat().st_size for p in (work / "model.15").iterdir())
     assert row["nproc"] == 2 and row["scores"]["BLEU"] == 0.5 and len(row["commands"]) == 4
     assert "--nproc_per_node=2" in row["commands"][0] and "--train_batch_size 4" in row["commands"][0]
     assert (work / "commands.txt").read_text().splitlines() == row["commands"]

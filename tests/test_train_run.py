@@ -20,6 +20,8 @@ from nola.gpt2.data import FTDataset, make_loader, trim_collate
 from nola.gpt2.checkpoint import adapter_tensors, read_checkpoint
 from nola.errors import run_cli
 from nola.fileio import sha256_file
+from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "src" / "gpt2_ft.py")
@@ -120,23 +122,25 @@ def test_paper_command_under_torch_distributed_launch_lowers_validation_loss(tin
     assert [r["step"] for r in train] == [50, 100, 150, 200]
     assert set(train[0]) == {"step", "lr", "loss", "avg_loss", "ppl", "ms_per_batch", "split"}
     assert train[0]["lr"] == pytest.approx(0.1 * (200 - 49) / 180)
-    assert sorted(p.name for p in work.glob("model.*.pt")) == ["model.100.pt", "model.200.pt"]
-    # The adapter file: coefficients, seeds, adapter config and base identity, nothing else.
-    ckpt = read_checkpoint(work / "model.200.pt")
+    assert sorted(p.name for p in work.glob("model.*")) == ["model.100", "model.200"]
+    # The adapter folder: coefficients, seeds, adapter config and base identity, nothing else.
+    assert sorted(p.name for p in (work / "model.200").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    header = json.loads((work / "model.200" / CONFIG_FILE).read_text())
+    assert header["roles"]["attn_q"]["seeds"]["A"] and header["step"] == 200
+    ckpt = read_checkpoint(work / "model.200")
     assert set(ckpt["tensors"]) == {f"nola.{r}.{c}" for r in ("attn_q", "attn_v") for c in ("alpha", "beta")}
     assert ckpt["base"] == {"path": str(base), "sha256": sha256_file(base)}
-    assert ckpt["config"]["num_basis"] == 1000 and ckpt["seeds"]["attn_q"]["A"]
-    assert "optimizer" not in ckpt and "model_state_dict" not in ckpt
+    assert ckpt["config"]["num_basis"] == 1000
     resume = torch.load(work / "resume.pt", weights_only=True)
     assert all(resume[k] == ckpt[k] for k in ("version", "adapter", "config", "model_config", "base"))
-    size = (work / "model.200.pt").stat().st_size
-    assert f"saved {work / 'model.200.pt'}: {size:,} bytes" in proc.stderr
-    assert f"adapter file model.<step>.pt: about {size:,} bytes" in proc.stderr
+    size = sum(p.stat().st_size for p in (work / "model.200").iterdir())
+    assert f"saved {work / 'model.200'}: {size:,} bytes" in proc.stderr
+    assert f"adapter folder model.<step>/: about {size:,} bytes" in proc.stderr
     assert "trainable parameters: 8,000 (NOLA r=8, k=l=1000" in proc.stderr
     assert "it/s" not in proc.stderr  # no progress bar off a terminal
     # gpt2_beam.py's path: the model rebuilt from the adapter file alone.
     rebuilt = build_model(ModelSource(model_card=str(tiny_gpt2 / "card.json"),
-                                      init_checkpoint=str(work / "model.200.pt")), torch.device("cpu"))
+                                      init_checkpoint=str(work / "model.200")), torch.device("cpu"))
     assert rebuilt.step == 200 and rebuilt.model.nola_config.rank == 8
 
 
@@ -151,12 +155,12 @@ def test_qnola_and_lora_lower_validation_loss(tiny_gpt2, base, data, tmp_path, n
         "--save_interval", "1000", "--log_interval", "50", "--eval_interval", "50", "--work_dir", str(work)])
     valid = rows(work, "valid")
     assert valid[-1]["loss"] < valid[0]["loss"] - 0.02
-    ckpt = read_checkpoint(work / "model.150.pt")
+    ckpt, stored = read_checkpoint(work / "model.150"), load_file(work / "model.150" / WEIGHTS_FILE)
     if "--qnola" in flags:  # 2 roles x (alpha, beta) x 2 layers x 1000 coefficients, 3 bits each
-        packed = ckpt["quantised"]
-        assert ckpt["tensors"] == {} and packed["bits"] == 3 and packed["codes"].numel() == 2 * 2 * 2 * 1000 * 3 // 8
+        assert sorted(stored) == ["codes", "scale"] and ckpt["config"]["qbits"] == 3
+        assert stored["codes"].dtype == torch.uint8 and stored["codes"].numel() == 2 * 2 * 2 * 1000 * 3 // 8
     else:
-        assert all("lora_" in k for k in ckpt["tensors"]) and ckpt["config"]["dim"] == 4
+        assert all("lora_" in k for k in stored) and ckpt["config"]["dim"] == 4
 
 
 def test_two_ranks_micro_batches_are_the_one_process_batch_and_score_different_token_counts(data):
@@ -192,7 +196,7 @@ def test_two_processes_equal_one_with_twice_the_batch(tiny_gpt2, base, data, tmp
         "--log_interval", "4", "--eval_interval", "100", "--random_seed", "3", "--grad_acc", str(grad_acc)]
     launch(args + ["--train_batch_size", "2", "--work_dir", str(tmp_path / "two")], nproc=2)
     main(args + ["--train_batch_size", "4", "--work_dir", str(tmp_path / "one")])
-    two, one = adapter(tmp_path / "two" / "model.12.pt"), adapter(tmp_path / "one" / "model.12.pt")
+    two, one = adapter(tmp_path / "two" / "model.12"), adapter(tmp_path / "one" / "model.12")
     moved = max((t - 1 / 64).abs().max().item() for t in one.values())
     assert moved > 0.1 and max_diff(two, one) <= 1e-6
     # The logged losses are the all-rank token means one process logs.
@@ -217,10 +221,10 @@ def test_resume_reaches_the_uninterrupted_weights(tiny_gpt2, base, data, tmp_pat
     launch(args + ["--work_dir", str(tmp_path / "split"), "--stop_at_step", "4"], runner="torchrun")
     state = torch.load(tmp_path / "split" / "resume.pt", weights_only=True)
     assert (state["step"], state["epoch"], state["batch"]) == (4, 1, 4)
-    assert not (tmp_path / "split" / "model.6.pt").exists()
+    assert not (tmp_path / "split" / "model.6").exists()
     main(args + ["--resume", str(tmp_path / "split")])  # --work_dir defaults to the resumed folder
     for step in (6, 9, 10):
-        name = f"model.{step}.pt"
+        name = f"model.{step}"
         delta = max_diff(adapter(tmp_path / "whole" / name), adapter(tmp_path / "split" / name))
         assert delta <= 1e-6, (step, delta)
     assert [r["step"] for r in rows(tmp_path / "split", "valid")] == [4, 6, 8, 10]
@@ -237,11 +241,11 @@ def test_resume_mid_accumulation_without_init_checkpoint_is_bit_identical(tiny_g
         "--eval_interval", "100", "--label_smooth", "0.1", "--random_seed", "3"]
     main(args + ["--work_dir", str(tmp_path / "whole")])
     main(args + ["--work_dir", str(tmp_path / "split"), "--stop_at_step", "3"])
-    assert sorted(read_checkpoint(tmp_path / "split" / "resume.pt")["grad"][0]) == sorted(adapter(tmp_path / "whole" / "model.8.pt"))
+    assert sorted(read_checkpoint(tmp_path / "split" / "resume.pt")["grad"][0]) == sorted(adapter(tmp_path / "whole" / "model.8"))
     at = args.index("--init_checkpoint")
     main(args[:at] + args[at + 2:] + ["--resume", str(tmp_path / "split")])
     for step in (6, 8):
-        whole, split = (adapter(tmp_path / run / f"model.{step}.pt") for run in ("whole", "split"))
+        whole, split = (adapter(tmp_path / run / f"model.{step}") for run in ("whole", "split"))
         assert all(torch.equal(whole[k], split[k]) for k in whole), step
     assert rows(tmp_path / "split", "valid") == rows(tmp_path / "whole", "valid")
 
@@ -280,10 +284,48 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_intact(tiny_gpt2
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the half-written temp file
     state = torch.load(work / "resume.pt", weights_only=True)  # the previous one, whole
     assert state["step"] == 4
-    assert read_checkpoint(work / "model.4.pt")["step"] == 4 and read_checkpoint(work / "model.8.pt")["step"] == 8
-    main(args + ["--resume", str(work)])
-    assert read_checkpoint(work / "model.12.pt")["step"] == 12
+    assert read_checkpoint(work / "model.4")["step"] == 4 and read_checkpoint(work / "model.8")["step"] == 8
+    main(args + ["--resume", str(work)])  # saves step 8 again, over the killed run's model.8/
+    assert read_checkpoint(work / "model.12")["step"] == 12 and read_checkpoint(work / "model.8")["step"] == 8
     assert [r["step"] for r in rows(work, "train")] == [4, 8, 12]  # the killed run's row 8 was dropped
+
+
+FOLDER_KILLER = """
+import os, runpy, signal, sys
+import nola.hf_adapter
+real_open = nola.hf_adapter.atomic_open
+
+def dying_open(path, *args, **kwargs):
+    # Die (SIGKILL) as the adapter folder of step 8 gets its config, its weights file already written.
+    if path.name == nola.hf_adapter.CONFIG_FILE and path.parent.name.startswith(".model.8.") \\
+            and str(path.parent.parent) == {work!r}:  # not the size estimate's folder at the start
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_open(path, *args, **kwargs)
+
+nola.hf_adapter.atomic_open = dying_open
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_an_adapter_folder_killed_mid_save_is_never_half_there(tiny_gpt2, base, data, tmp_path):
+    """The folder is built beside its name and renamed: a save killed inside leaves a hidden temp
+    folder, which the resumed run removes, and no model.8/ until step 8 is saved again."""
+    work = tmp_path / "run"
+    args = common(tiny_gpt2, base, data["equal"], data["valid"]) + NOLA + [
+        "--nola_num_basis", "64", "--lr", "0.05", "--max_step", "8", "--save_interval", "4", "--log_interval", "4",
+        "--eval_interval", "100", "--train_batch_size", "4", "--work_dir", str(work)]
+    driver = tmp_path / "killer.py"
+    driver.write_text(FOLDER_KILLER.format(script=str(REPO / "src" / "gpt2_ft.py"), work=str(work)))
+    proc = subprocess.run([sys.executable, str(driver)] + args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    leftovers = [p for p in work.iterdir() if p.name.startswith(".model.8.")]
+    assert len(leftovers) == 1 and [p.name for p in leftovers[0].iterdir()] == [WEIGHTS_FILE]
+    assert sorted(p.name for p in work.glob("model.*")) == ["model.4"]
+    main(args + ["--resume", str(work)])
+    assert not any(p.name.startswith(".model.") for p in work.iterdir())
+    assert sorted(p.name for p in work.glob("model.*")) == ["model.4", "model.8"]
+    assert read_checkpoint(work / "model.8")["step"] == 8
 
 
 def test_save_full_jlm_and_cpu_mixed_precision(tiny_gpt2, base, data, tmp_path):
@@ -293,6 +335,7 @@ def test_save_full_jlm_and_cpu_mixed_precision(tiny_gpt2, base, data, tmp_path):
         "--save_full", "--fp16", "--obj", "jlm", "--work_dir", str(work)])
     ckpt = read_checkpoint(work / "model.3.pt")
     assert "transformer.wte.weight" in ckpt["model_state_dict"] and ckpt["adapter"] == "nola"
+    assert not (work / "model.3").exists()
     assert rows(work, "valid")[-1]["loss"] < 20
 
 

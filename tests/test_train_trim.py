@@ -168,7 +168,7 @@ def test_trimmed_training_and_validation_equal_the_padded_full_head(long_gpt2, e
     assert len(set(padded)) == STEPS  # each step a different batch and a different model
     # Validation at step 20 in the run, against the padded computation with the weights it saved.
     valid = next(r for r in rows if r["split"] == "valid")
-    args = build_parser().parse_args(argv + ["--init_checkpoint", str(work / f"model.{STEPS}.pt")])
+    args = build_parser().parse_args(argv + ["--init_checkpoint", str(work / f"model.{STEPS}")])
     source, request = model_flags(args)
     saved = build_model(source, torch.device(device), request).model
     loss, ppl = _padded_validation(saved, valid_sample, 4, device)

@@ -1,5 +1,5 @@
 # Shared by the scripts/paper/<row>.sh scripts (source it, then `parse_args "$@"` and `run_row ...`):
-# preflight, then train -> pick the last model.<step>.pt -> beam search -> decode -> score -> one JSON
+# preflight, then train -> pick the last model.<step>/ -> beam search -> decode -> score -> one JSON
 # row appended to results/<dataset>.jsonl (render with `python scripts/make_table.py`).
 #
 # Row script options:
@@ -136,11 +136,11 @@ step() {
   [ $rc -eq 0 ] || { echo "error: $label failed (exit $rc): see $log" >&2; exit 1; }
 }
 
-# last_checkpoint: the highest model.<step>.pt in $WORK.
+# last_checkpoint: the highest-step save in $WORK: the adapter folder model.<step>/ (model.<step>.pt: --save_full).
 last_checkpoint() {
   local base
-  base=$(ls "$WORK" 2>/dev/null | grep -E '^model\.[0-9]+\.pt$' | sort -t. -k2 -n | tail -n 1)
-  [ -n "$base" ] || { echo "error: training left no model.<step>.pt in $WORK: see $WORK/logs/train.log" >&2; exit 1; }
+  base=$(ls "$WORK" 2>/dev/null | grep -E '^model\.[0-9]+(\.pt)?$' | sort -t. -k2 -n | tail -n 1)
+  [ -n "$base" ] || { echo "error: training left no model.<step>/ in $WORK: see $WORK/logs/train.log" >&2; exit 1; }
   echo "$WORK/$base"
 }
 
@@ -167,7 +167,7 @@ run_row() {
     --save_interval 1000 --label_smooth "$LABEL_SMOOTH" --work_dir "$WORK" --random_seed 110 "$@" \
     ${RESUME_FLAGS[@]+"${RESUME_FLAGS[@]}"}
 
-  if [ "$DRY_RUN" = 1 ]; then ckpt="$WORK/model.<STEP>.pt"; else ckpt=$(last_checkpoint) || exit 1; fi
+  if [ "$DRY_RUN" = 1 ]; then ckpt="$WORK/model.<STEP>"; else ckpt=$(last_checkpoint) || exit 1; fi
   step_no=$(basename "$ckpt" .pt); step_no=${step_no#model.}
   predict="predict.$step_no.b10p08r4.jsonl"
   step beam - "${launch[@]}" "$PAPER_REPO/src/gpt2_beam.py" \

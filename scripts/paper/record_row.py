@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="row name (the script's name)")
     parser.add_argument("--model", required=True, help="model card, e.g. gpt2.md")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="the model.<step>.pt that was decoded")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the adapter folder model.<step>/ (or a model.<step>.pt) that was decoded")
     parser.add_argument("--train_log", type=Path, help="training log (parameter count for non-adapter files)")
     parser.add_argument("--scores", nargs="+", required=True,
                         help="scorer output: one file (e2e, dart) or U=FILE S=FILE A=FILE (webnlg)")

@@ -114,7 +114,9 @@ def git_commit(repo: Path) -> str | None:
 
 def make_row(name: str, model: str, dataset: str, checkpoint: Path, scores: dict[str, float],
              commands: list[str], nproc: int, repo: Path, train_log: Path | None = None) -> dict:
-    """The JSON row of one finished run."""
+    """The JSON row of one finished run (``checkpoint``: its adapter folder, or a file)."""
+    from nola.gpt2.checkpoint import saved_bytes
+
     if dataset not in DATASETS:
         fail(f"--dataset {dataset!r}: not one of {', '.join(DATASETS)}")
     return {
@@ -122,7 +124,7 @@ def make_row(name: str, model: str, dataset: str, checkpoint: Path, scores: dict
         "model": model,
         "dataset": dataset,
         "params": trainable_params(checkpoint, train_log),
-        "adapter_bytes": checkpoint.stat().st_size,
+        "adapter_bytes": saved_bytes(checkpoint),
         "checkpoint": str(checkpoint),
         "scores": scores,
         "nproc": nproc,

@@ -239,7 +239,23 @@ class RunIO:
 
 
 @dataclass(kw_only=True)
-class TrainConfig(RunIO):
+class RunControl:
+    """The resume and stop flags of every training script (gpt2_ft.py, llama_ft.py, vit_ft.py), declared
+    once. Their help names the script's own output-folder flag (``FOLDER``), outputs (``OUTPUTS``) and
+    step (``STEP``): :func:`nola.train.cli.add_flags` fills in ``{folder}``, ``{outputs}`` and ``{step}``."""
+
+    FOLDER, OUTPUTS, STEP = "--work_dir", "log.jsonl, resume.pt and model.<step>/ (or model.<step>.pt)", "step"
+
+    resume: str | None = option(None, "continue the interrupted run saved in this folder (the {folder} of that "
+                                "run) or its resume.pt")
+    stop_at_step: int | None = option(None, "end this session after this {step} with a save, the schedule "
+                                      "unchanged; continue later with --resume", check=at_least(1))
+    overwrite: bool = option(False, "start afresh when {folder} holds an earlier run: delete its {outputs} "
+                             "first (without it such a start is refused)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunIO, RunControl):
     """microsoft/LoRA's NLG training flags (their names), plus resume and stop controls."""
 
     train_data: str = option(help="encoded training jsonl (create_datasets.sh)")
@@ -260,11 +276,6 @@ class TrainConfig(RunIO):
                                 check=at_least(1))
     save_full: bool = option(False, "checkpoints hold the full state dict (as the original code), not just "
                              "the adapter")
-    resume: str | None = option(None, "continue the interrupted run saved in WORK_DIR (or its resume.pt)")
-    stop_at_step: int | None = option(None, "end this session after this step with a checkpoint, schedule "
-                                      "unchanged; continue later with --resume", check=at_least(1))
-    overwrite: bool = option(False, "start afresh in a --work_dir that holds an earlier run: delete its log.jsonl, "
-                             "resume.pt and model.*.pt first (without it such a start is refused)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -395,11 +406,13 @@ class LlamaSource:
 
 
 @dataclass(kw_only=True)
-class AlpacaTrainConfig:
+class AlpacaTrainConfig(RunControl):
     """Instruction tuning as UCDvision/NOLA llama/qlora.py does it (QLoRA's flags and defaults), or
     data-to-text on the same loop; one step is one optimiser update over
     ``per_device_train_batch_size x gradient_accumulation_steps x processes`` examples, as in the
     Hugging Face Trainer."""
+
+    FOLDER, OUTPUTS, STEP = "--output_dir", "log.jsonl, resume.pt and adapter files", "update"
 
     dataset: str = option("alpaca", "alpaca (data/alpaca/alpaca_data.json, scripts/llama/download_data.sh), "
                           "a JSON file of {instruction, input, output} records, or a data-to-text file named "
@@ -429,11 +442,6 @@ class AlpacaTrainConfig:
     save_steps: int = option(250, "updates per adapter + resume.pt save (also at the end)", check=at_least(1))
     train_seed: int = option(0, "seed of the data order and everything random", flag="seed",
                              check=in_range(0, 1 << 63, high_open=True))
-    resume: str | None = option(None, "continue the interrupted run saved in this folder (its resume.pt)")
-    stop_at_step: int | None = option(None, "end this session after this update with a save; continue later "
-                                      "with --resume", check=at_least(1))
-    overwrite: bool = option(False, "start afresh in an --output_dir that holds an earlier run: delete its "
-                             "log.jsonl, resume.pt and adapter files first (without it such a start is refused)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -504,9 +512,11 @@ VIT_TRAIN_TYPES = ("linear", "full", "lora", "nola", "nola_mlp")
 
 
 @dataclass(kw_only=True)
-class ViTConfig:
+class ViTConfig(RunControl):
     """k-shot image classification with a ViT (UCDvision/NOLA vit/train_timm.py's flags and defaults,
     unused ones left out; ``--seed``, ``--augment``, ``--nola_seed`` and the resume flags are new)."""
+
+    FOLDER, OUTPUTS, STEP = "--outdir", "outputs", "step"
 
     train_data_path: str = option(help="folder holding train/<class>/<image> (ImageFolder layout)")
     val_data_path: str | None = option(None, "folder holding val/<class>/<image> (default: --train_data_path)")
@@ -537,11 +547,6 @@ class ViTConfig:
                           "evaluation transform (resize + centre crop) for training too", choices=("official", "none"))
     fp16: bool = option(False, "fp16 autocast with loss scaling (CUDA only), as the official AMP")
     num_workers: int = option(4, "data loading processes", check=at_least(0))
-    resume: str | None = option(None, "continue the interrupted run saved in this folder (its resume.pt)")
-    stop_at_step: int | None = option(None, "end this session after this step with a save; continue later "
-                                      "with --resume", check=at_least(1))
-    overwrite: bool = option(False, "start afresh in an --outdir that holds an earlier run (its outputs are "
-                             "deleted first; without it such a start is refused)")
 
     def __post_init__(self) -> None:
         validate(self)

@@ -1,13 +1,22 @@
-"""PEFT-like adapter folders for any model: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""The one adapter format, for any model: a folder of ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-:func:`save_adapter` writes what :func:`nola.adapters.inject` (or :func:`nola.lora_inject.inject_lora`)
-put on a model: the adapter kind and its configuration (seeds included), the target modules, the
-roles with their layer counts and shapes, the identity of the base model (class and a SHA-256 of
-its configuration), a SHA-256 of the tensor file and ``content_sha256`` over all of it
-(:mod:`nola.integrity`: the header, seeds included, and the tensors). The tensors are α/β (or LoRA's A/B) in
-float32; with qNOLA the b-bit codes of :func:`nola.quant.pack_state` as one uint8 stream plus the
-float32 row scales. :func:`load_adapter` checks all of it — the wrong base, a changed file, a
-missing or unexpected key are one-line errors, never warnings — and injects into a bare base.
+:func:`save_adapter` writes what :func:`nola.adapters.inject` (or :func:`nola.lora_inject.inject_lora`,
+or the GPT-2 fork's built-in LoRA) put on a model: the adapter kind and its configuration (seeds
+included), the target modules, the roles with their layer counts and shapes, the identity of the
+base model, optionally the training step, a SHA-256 of the tensor file and ``content_sha256`` over
+all of it (:mod:`nola.integrity`: the header, seeds included, and the tensors). The tensors are α/β
+(or LoRA's A/B) in float32; with qNOLA the b-bit codes of :func:`nola.quant.pack_state` as one uint8
+stream plus the float32 row scales. :func:`load_adapter` checks all of it — the wrong base, a
+changed file, a missing or unexpected key are one-line errors, never warnings — and injects into a
+bare base; :func:`read_adapter` checks the files and returns the header and tensors, for callers that
+build the model themselves (the GPT-2 fork).
+
+The base identity is pluggable, a dict whose ``kind`` says how the base is known
+(:data:`IDENTITY_KEYS`): ``config`` (:func:`base_identity`: class + SHA-256 of the configuration, for
+``transformers`` and other in-memory models; written without a ``kind``, as before kinds existed, so
+these folders stay format version 1, byte for byte) or ``file`` (:func:`file_identity`: the base
+weights file's path and SHA-256, for the GPT-2 fork's checkpoints; format version 2).
+:func:`check_base` compares a recorded identity with the one of the base at hand.
 """
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ from nola.quant import pack_state, unpack_state
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 FORMAT = "nola-hf-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader knows; 2: a base identity of another kind than ``config``
 _HEADER_KEYS = ("format_version", "adapter", "config", "target_modules", "roles", "base_model", "tensors",
                 "payload_sha256")
 # Config entries that say how a model was loaded or is run, not what it computes (classifiers set
@@ -40,8 +49,14 @@ _RUNTIME_KEYS = {"architectures", "transformers_version", "dtype", "torch_dtype"
                  "quantization_config"}
 
 
+# How each kind of base identity is compared: the fields that must be equal. Other fields (a path,
+# a name, a model card) say where the base was and are reported, not compared.
+IDENTITY_KEYS = {"config": ("class", "config_sha256"), "file": ("sha256",)}
+
+
 def base_identity(model: nn.Module) -> dict:
-    """Class, SHA-256 of the canonical JSON of the base configuration, and ``name_or_path``.
+    """The ``config`` identity (no ``kind`` entry, as version 1 wrote it): class, SHA-256 of the
+    canonical JSON of the base configuration, and ``name_or_path``.
 
     The configuration is ``model.config.to_dict()`` without runtime entries (dtype, paths,
     versions); a model without a ``config`` is identified by its base tensors' names and shapes."""
@@ -55,6 +70,38 @@ def base_identity(model: nn.Module) -> dict:
             "name_or_path": getattr(config, "name_or_path", None) or None}
 
 
+def file_identity(path: str | os.PathLike | None, sha256: str | None, **details) -> dict:
+    """The ``file`` identity: the base weights file's path and SHA-256 (both None for a base that was
+    never a file, e.g. a randomly initialised one); ``details`` are recorded beside them."""
+    return {"kind": "file", "path": None if path is None else str(path), "sha256": sha256, **details}
+
+
+def check_base(recorded: dict, have: dict, source: str | os.PathLike, fix: str) -> None:
+    """One error line unless ``have`` (the base at hand) is the base ``recorded`` in an adapter
+    folder; ``fix`` says what to pass instead (the caller knows its flags)."""
+    kind = _kind(recorded)
+    if kind not in IDENTITY_KEYS:
+        fail(f"{source}: base identity kind {kind!r} is unknown to this nola (known: {', '.join(IDENTITY_KEYS)}): "
+             f"upgrade nola")
+    if _kind(have) != kind:
+        fail(f"{source}: the adapter identifies its base by {kind} ({_describe(recorded)}), the base at hand "
+             f"by {_kind(have)} ({_describe(have)}): {fix}")
+    if any(recorded.get(key) != have.get(key) for key in IDENTITY_KEYS[kind]):
+        fail(f"{source}: saved for {_describe(recorded)}, not {_describe(have)}: {fix}")
+
+
+def _kind(identity: dict) -> str:
+    return identity.get("kind", "config")
+
+
+def _describe(identity: dict) -> str:
+    if _kind(identity) == "file":
+        sha = identity.get("sha256")
+        return f"the base file {identity.get('path')} (sha256 {sha[:12] if sha else 'unrecorded'})"
+    return (f"a {identity.get('class')} with config sha256 {str(identity.get('config_sha256'))[:12]} "
+            f"({identity.get('name_or_path') or 'no name'})")
+
+
 def _roles(model: nn.Module) -> dict:
     groups = getattr(model, "nola", None)
     if not isinstance(groups, nn.ModuleDict):
@@ -63,17 +110,23 @@ def _roles(model: nn.Module) -> dict:
                    "seeds": {"A": list(g.seeds_a), "B": list(g.seeds_b)}} for role, g in groups.items()}
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``model``'s adapter to ``directory`` (both files atomically); return the folder."""
+def save_adapter(model: nn.Module, directory: str | os.PathLike, base: dict | None = None,
+                 step: int | None = None) -> Path:
+    """Write ``model``'s adapter to ``directory`` (each file atomically); return the folder.
+
+    ``base``: the base's identity (default :func:`base_identity`, the ``config`` kind); ``step``: the
+    training step, recorded when given."""
     spec = getattr(model, "adapter_spec", None)
     if spec is None:
         fail(f"{type(model).__name__} carries no adapter to save: call nola.inject(model, cfg, targets) first")
     directory = Path(directory)
     state = {k: v.detach().float().cpu().contiguous() for k, v in adapter_state(model).items()}
     qbits = getattr(spec.config, "qbits", None)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter_kind(spec.config),
-              "config": spec.config.to_dict(), "target_modules": list(spec.target_modules),
-              "roles": _roles(model), "base_model": base_identity(model)}
+    base = base if base is not None else base_identity(model)
+    header = {"format": FORMAT, "format_version": 1 if _kind(base) == "config" else FORMAT_VERSION,
+              "adapter": adapter_kind(spec.config), "config": spec.config.to_dict(),
+              "target_modules": list(spec.target_modules), "roles": _roles(model), "base_model": base,
+              **({} if step is None else {"step": step})}
     if qbits is None:
         tensors = state
         header["tensors"] = {name: list(t.shape) for name, t in state.items()}
@@ -89,6 +142,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     with atomic_open(directory / CONFIG_FILE) as handle:
         handle.write(json.dumps(header, indent=1) + "\n")
     return directory
+
+
+def folder_bytes(directory: str | os.PathLike) -> int:
+    """Bytes on disk of an adapter folder's two files (what its size is quoted as)."""
+    return sum((Path(directory) / name).stat().st_size for name in (CONFIG_FILE, WEIGHTS_FILE))
 
 
 def _read_header(path: Path) -> dict:
@@ -149,24 +207,30 @@ def _check_spec(model: nn.Module, header: dict, source: Path) -> None:
              f"load onto the base model the adapter was trained on")
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, trainable: bool = False) -> nn.Module:
+def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checked header of the adapter folder ``directory`` and its tensors by state-dict name
+    (qNOLA dequantised); the base identity is left to the caller (:func:`check_base`)."""
+    directory = Path(directory)
+    source = directory / CONFIG_FILE
+    header = _read_header(source)
+    return header, _read_tensors(directory / WEIGHTS_FILE, header, source)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, trainable: bool = False,
+                 base: dict | None = None, fix: str = "load it onto the base model it was trained on") -> nn.Module:
     """Load the adapter folder ``directory`` into ``model``; return ``model``.
 
     For inference by default: the adapter tensors are frozen (so their mixed factors are kept
     between calls); ``trainable=True`` to go on training them.
 
     A bare base gets the recorded adapter injected first; a model that carries one must carry
-    the same. The base must be the one the adapter was saved from (class and config SHA-256), and
-    the file's tensors must be exactly the model's adapter tensors with their shapes."""
+    the same. The base must be the one the adapter was saved from: ``base`` is its identity
+    (default :func:`base_identity`, class and config SHA-256), ``fix`` what the error says to do
+    when it is not. The file's tensors must be exactly the model's adapter tensors with their shapes."""
     directory = Path(directory)
     source = directory / CONFIG_FILE
-    header = _read_header(source)
-    tensors = _read_tensors(directory / WEIGHTS_FILE, header, source)
-    want, have = header["base_model"], base_identity(model)
-    if (want["class"], want["config_sha256"]) != (have["class"], have["config_sha256"]):
-        fail(f"{source}: saved for a {want['class']} with config sha256 {want['config_sha256'][:12]} "
-             f"({want.get('name_or_path') or 'no name'}), not this {have['class']} with "
-             f"{have['config_sha256'][:12]}: load it onto the base model it was trained on")
+    header, tensors = read_adapter(directory)
+    check_base(header["base_model"], base if base is not None else base_identity(model), source, fix)
     try:
         cfg = adapter_from_dict(header["adapter"], header["config"])
     except (TypeError, ValueError) as exc:

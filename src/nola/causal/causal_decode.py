@@ -84,7 +84,7 @@ def run_causal_decode(launch: LaunchConfig, source: LlamaSource, cfg: CausalDeco
     check_request(source, cfg, launch.device)
     records, contexts = records_to_decode(cfg)
     from nola.adapters import set_merged
-    from nola.causal.causal_lm import load_causal_lm
+    from nola.causal.causal_lm import ADAPTER_BASE_FIX, load_causal_lm
     from nola.causal.d2t import eos_id
     from nola.decoding.decode import group_outputs, write_outputs
     from nola.train.distributed import init_distributed
@@ -97,7 +97,7 @@ def run_causal_decode(launch: LaunchConfig, source: LlamaSource, cfg: CausalDeco
         model = merge_peft(model, cfg.adapter)
         log.info("PEFT adapter %s merged into the base weights", cfg.adapter)
     elif cfg.adapter is not None:
-        load_adapter(model, cfg.adapter)
+        load_adapter(model, cfg.adapter, fix=ADAPTER_BASE_FIX)
         set_merged(model, True)
         log.info("adapter %s merged into the base weights: decoding costs exactly the base model", cfg.adapter)
     try:

@@ -20,6 +20,10 @@ from nola.adapters import inject
 from nola.lora_inject import inject_lora
 
 
+# What nola.hf_adapter.load_adapter tells a user whose adapter was trained on another base.
+ADAPTER_BASE_FIX = "pass --model_name_or_path the base model the adapter was trained on"
+
+
 def check_bits(source: LlamaSource, device: str = "auto") -> None:
     """4 and 8 bits need CUDA (``device``: the --device flag) and bitsandbytes: one-line error otherwise."""
     if source.bits not in (4, 8):

@@ -1,5 +1,6 @@
-"""Fine-tuning of a ``transformers`` causal LM (LLaMA-2, SmolLM2) with NOLA or LoRA on Alpaca or
-data-to-text (:mod:`nola.causal.causal_data`): the loop behind ``src/llama_ft.py``.
+"""Fine-tuning of a ``transformers`` causal LM (LLaMA-2, SmolLM2) with NOLA, LoRA or a PEFT baseline on
+Alpaca or data-to-text (:mod:`nola.causal.causal_data`): ``src/llama_ft.py``'s run, a task
+(:class:`CausalTask`) of the one loop (:class:`nola.train.trainer.Trainer`).
 
 One step is one optimiser update (the Hugging Face Trainer's ``max_steps``, as UCDvision/NOLA's
 qlora.py counts): every process takes ``gradient_accumulation_steps`` micro-batches of
@@ -7,10 +8,11 @@ qlora.py counts): every process takes ``gradient_accumulation_steps`` micro-batc
 ``processes x batch x accumulation`` indices of a seeded permutation of the data (one per epoch;
 rank ``r`` takes the ``r``-th part of the block), so the data position is a function of the step
 alone. The loss is the summed token NLL of the update's response tokens divided by their total
-number over all micro-batches and processes, so 2 processes give the gradient of 1 process at
-twice the batch, and accumulation the gradient of one big batch. The LM head runs at the target
-positions only (:mod:`nola.causal.causal_objective`), and the host waits for the device only when a line is
-logged, a validation is run or a save is written (the non-finite check is a flag on the device).
+number over all micro-batches and processes (counted on the host), so 2 processes give the gradient
+of 1 process at twice the batch, and accumulation the gradient of one big batch. The LM head runs at
+the target positions only (:mod:`nola.causal.causal_objective`); nothing per micro-batch or update
+waits for the device (the Trainer reads its flags only when a line is logged, a validation is run or
+a save is written).
 
 With ``--eval_dataset``, the validation loss (the token-mean NLL of every target token of the file)
 is computed every ``--eval_steps`` updates and after the last one, and logged as a row
@@ -22,37 +24,33 @@ every ``--save_steps`` updates and at the end, ``resume.pt`` (:mod:`nola.train.r
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
+from nola.adapters import count_trainable
 from nola.causal.alpaca import collate, pad_token_id
 from nola.causal.causal_data import CausalExamples, read_examples
 from nola.causal.causal_lm import adapter_config, add_adapter, check_bits, check_source, load_causal_lm
 from nola.causal.causal_objective import check_target_logits, target_logits, target_nll_sum, with_loss_positions
-from nola.adapters import count_trainable
+from nola.causal.peft_baselines import add_peft, config_record, peft_config, save_peft
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
-from nola.train.distributed import DistContext, all_ranks_sum, barrier, gather_objects, init_distributed, main_decides, rank_share
 from nola.errors import fail
-from nola.train.faults import NonFinite, guarded_run
-from nola.fileio import atomic_open, check_writable
+from nola.fileio import check_writable
 from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
 from nola.log import get_logger
+from nola.train.distributed import DistContext, all_ranks_sum, barrier, init_distributed
+from nola.train.faults import guarded_run
 from nola.train.optim import Schedule, make_optimizer
-from nola.causal.peft_baselines import add_peft, config_record, peft_config, save_peft
-from nola.train.resume import (RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume,
-                         set_rng_state)
-from nola.train.workdir import append_row, claim, trim_log
+from nola.train.resume import RESUME_FILE, load_resume
+from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, autocast, check_run, output_folder
 
 log = get_logger(__name__)
-LOG_FILE = "log.jsonl"
 OUTPUTS = (LOG_FILE, RESUME_FILE, WEIGHTS_FILE, CONFIG_FILE)  # what a run writes in --output_dir
 # Settings the data position, schedule and numbers depend on: a resumed run must repeat them.
 RUN_KEYS = ("dataset", "source_max_len", "target_max_len", "per_device_train_batch_size",
@@ -82,25 +80,19 @@ def run_record(cfg: AlpacaTrainConfig, source: LlamaSource, adapter: dict, world
             "world_size": world_size}
 
 
-def check_resume(state: dict, now: dict, where: str) -> None:
-    """The resumed run must repeat the interrupted run's settings (one-line error naming the first)."""
-    for key, value in now.items():
-        if state["run"].get(key) != value:
-            fail(f"--resume {where}: {key} was {state['run'].get(key)!r} in the interrupted run, now {value!r}: "
-                 f"resume with the same flags")
+class CausalTask:
+    """What :class:`nola.train.trainer.Trainer` needs of an ``llama_ft.py`` run: a step is one update of
+    ``gradient_accumulation_steps`` micro-batches."""
 
-
-class AlpacaTrainer:
-    """State and steps of one instruction-tuning run on one process."""
+    steps_per_update, scale_loss = 1, False
 
     def __init__(self, cfg: AlpacaTrainConfig, source: LlamaSource, ctx: DistContext, model: nn.Module,
                  data: CausalExamples, valid: CausalExamples | None, pad_id: int, run: dict,
-                 resume: dict | None, write_adapter: Callable[[Path], dict]) -> None:
+                 write_adapter: Callable[[Path], dict]) -> None:
         check_target_logits(model)
-        self.cfg, self.source, self.ctx, self.model, self.data, self.pad_id = cfg, source, ctx, model, data, pad_id
-        self.write_adapter = write_adapter  # writes the adapter files, returns resume.pt's adapter record
-        self.valid = valid
-        self.run, self.out = run, Path(cfg.output_dir)
+        self.cfg, self.ctx, self.model, self.net, self.data, self.valid = cfg, ctx, model, model, data, valid
+        self.pad_id, self.run, self.work_dir = pad_id, run, Path(cfg.output_dir)
+        self.write_adapter = write_adapter  # writes the adapter files, returns resume.pt's metadata block
         self.block = ctx.world_size * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
         if len(data) < self.block:
             fail(f"--dataset {cfg.dataset}: {len(data)} examples fill no update of {self.block} "
@@ -108,70 +100,38 @@ class AlpacaTrainer:
         optim = optim_config(cfg)
         self.optimizer = make_optimizer(model, optim)
         self.schedule = Schedule(optim.scheduler, optim.lr, optim.warmup_step, cfg.max_steps)
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.amp = torch.bfloat16 if source.bf16 else None
-        self.step, self.saved = 0, None  # saved: the step of the last complete save
-        # The first update whose loss was not finite (0: none), kept on the device: no host sync per update.
-        self.bad_step = torch.zeros((), dtype=torch.int64, device=ctx.device)
-        if resume is not None:
-            restore_trainable(model, self.optimizer, self.scaler, resume)
-            self.step = self.saved = resume["step"]
-            set_rng_state(resume["rng"][ctx.rank], ctx.device)
-        self.net = model
-        if ctx.world_size > 1:
-            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        self.max_step, self.clip = cfg.max_steps, cfg.max_grad_norm
+        self.amp_dtype = torch.bfloat16 if source.bf16 else None
+        self.cadence = Cadence(log_every=cfg.logging_steps, save_every=cfg.save_steps, stop_at=cfg.stop_at_step,
+                               log_last=True, validates=valid is not None, eval_every=cfg.eval_steps)
 
-    def _micro_batches(self) -> list[dict[str, torch.Tensor]]:
+    def _batches(self, examples: CausalExamples, ids) -> dict[str, torch.Tensor]:
+        return with_loss_positions(collate([examples[i] for i in ids], self.pad_id))
+
+    def steps(self, step: int) -> Iterator[Step]:
         cfg = self.cfg
-        mine = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-        ids = update_indices(len(self.data), cfg.train_seed, self.step, self.block)
-        ids = ids[self.ctx.rank * mine:(self.ctx.rank + 1) * mine]
-        size = cfg.per_device_train_batch_size
-        return [with_loss_positions(collate([self.data[i] for i in ids[j:j + size]], self.pad_id))
-                for j in range(0, mine, size)]
+        mine, size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
+        for update in range(step, self.max_step):
+            ids = update_indices(len(self.data), cfg.train_seed, update, self.block)
+            ids = ids[self.ctx.rank * mine:(self.ctx.rank + 1) * mine]
+            batches = [self._batches(self.data, ids[j:j + size]) for j in range(0, mine, size)]
+            yield Step(batches, sum(len(b["targets"]) for b in batches))  # counted on the host: no device sync
 
-    def _autocast(self):
-        return torch.autocast(self.ctx.device.type, dtype=self.amp, enabled=self.amp is not None)
+    def loss_sum(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return target_nll_sum(target_logits(net, batch), batch)
 
-    def update(self) -> torch.Tensor:
-        """One optimiser update; returns the update's token-mean loss over all processes, on the device
-        (the host reads it only when it is logged)."""
-        device = self.ctx.device
-        batches = self._micro_batches()
-        mine = float(sum(len(b["targets"]) for b in batches))  # counted on the host: no device sync
-        tokens = all_ranks_sum(torch.tensor(mine, dtype=torch.float64, device=device)).clamp_min(1.0)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for j, host in enumerate(batches):
-            batch = {k: v.to(device) for k, v in host.items()}
-            last = j == len(batches) - 1
-            sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
-            with sync:
-                with self._autocast():
-                    logits = target_logits(self.net, batch)
-                nll = target_nll_sum(logits, batch)
-                rank_share(nll, tokens, self.ctx.world_size).backward()
-            loss_sum += nll.detach()
-        lr = self.schedule.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return all_ranks_sum(loss_sum) / tokens
+    def denominator(self, count: torch.Tensor) -> torch.Tensor:
+        return count.clamp_min(1.0)
 
-    def check_finite(self) -> None:
-        """Raise :class:`NonFinite` naming the first update whose loss was not finite (summed over every
-        rank, so every rank stops alike); one host sync."""
-        bad = int(self.bad_step.item())
-        if bad:
-            raise NonFinite(bad)
+    def lr_at(self, step: int) -> float:
+        return self.schedule.lr_at(step)
+
+    def train_row(self, step: int, lr: float, loss: float, avg: float, ms: float) -> dict:
+        log.info("| step %6d / %d | lr %.3g | loss %.4f", step, self.max_step, lr, loss)
+        return {"step": step, "lr": lr, "loss": loss}
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, int]:
+    def _validation_loss(self) -> tuple[float, int]:
         """(token-mean NLL, token count) of every target token of ``--eval_dataset``; rank ``r`` takes
         examples ``r, r + W, ...``, summed over the ranks."""
         self.model.eval()
@@ -179,9 +139,9 @@ class AlpacaTrainer:
         mine = range(self.ctx.rank, len(self.valid), self.ctx.world_size)
         total = torch.zeros(2, dtype=torch.float64, device=device)
         for start in range(0, len(mine), size):
-            host = with_loss_positions(collate([self.valid[i] for i in mine[start:start + size]], self.pad_id))
+            host = self._batches(self.valid, mine[start:start + size])
             batch = {k: v.to(device) for k, v in host.items()}
-            with self._autocast():
+            with autocast(device, self.amp_dtype):
                 logits = target_logits(self.model, batch)
             total[0] += target_nll_sum(logits, batch)
             total[1] += len(host["targets"])
@@ -189,53 +149,23 @@ class AlpacaTrainer:
         loss_sum, tokens = all_ranks_sum(total).tolist()
         return loss_sum / max(tokens, 1.0), int(tokens)
 
-    def validate(self) -> None:
+    def evaluate(self, step: int) -> dict:
         start = time.perf_counter()
-        loss, tokens = self.evaluate()
-        log.info("| valid at step %6d | loss %.4f | ppl %.3f | %d target tokens | %.1fs", self.step, loss,
+        loss, tokens = self._validation_loss()
+        log.info("| valid at step %6d | loss %.4f | ppl %.3f | %d target tokens | %.1fs", step, loss,
                  math.exp(min(loss, 700.0)), tokens, time.perf_counter() - start)
-        if self.ctx.is_main:
-            append_row(self.out / LOG_FILE, {"step": self.step, "split": "valid", "loss": loss, "tokens": tokens})
+        return {"loss": loss, "tokens": tokens}
 
-    def save(self) -> None:
-        """The adapter folder and resume.pt at the current step (rank 0 writes; every rank's RNG); never
-        of a run whose loss was not finite, nor of non-finite parameters (replicated on every rank, so
-        every rank decides alike)."""
-        self.check_finite()
-        if not all(torch.isfinite(p).all() for p in self.trainable):
-            raise NonFinite(self.step, "a trained parameter")
-        rngs = gather_objects(rng_state(self.ctx.device), self.ctx)
-        if self.ctx.is_main:
-            meta = self.write_adapter(self.out)
-            save_resume(self.out, meta, {"step": self.step}, self.model, self.optimizer, self.scaler, rngs, self.run)
-            log.info("saved the adapter and resume.pt in %s at step %d", self.out, self.step)
-        self.saved = self.step
-        barrier()
+    def save(self, step: int, new: bool) -> dict:
+        meta = self.write_adapter(self.work_dir)
+        log.info("saved the adapter in %s at step %d (resume.pt next)", self.work_dir, step)
+        return meta
 
-    def fit(self) -> None:
-        cfg = self.cfg
-        self.model.train()
-        while self.step < cfg.max_steps:
-            loss = self.update()
-            self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss), self.step, self.bad_step)
-            if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
-                value = loss.item()  # the first host sync since the last line
-                self.check_finite()
-                lr = self.schedule.lr_at(self.step - 1)
-                log.info("| step %6d / %d | lr %.3g | loss %.4f", self.step, cfg.max_steps, lr, value)
-                if self.ctx.is_main:
-                    append_row(self.out / LOG_FILE, {"step": self.step, "lr": lr, "loss": value})
-            if self.valid is not None and (self.step % (cfg.eval_steps or cfg.max_steps) == 0
-                                           or self.step == cfg.max_steps):
-                self.check_finite()
-                self.validate()
-            halt = cfg.stop_at_step is not None and self.step >= cfg.stop_at_step
-            if self.step % cfg.save_steps == 0 or self.step == cfg.max_steps or halt:
-                self.save()
-            if halt and self.step < cfg.max_steps:
-                log.info("stopped at step %d (--stop_at_step); continue with --resume %s", self.step, self.out)
-                return
-        log.info("end of training at step %d; adapter in %s", self.step, self.out)
+    def position(self) -> dict:
+        return {}  # the step is the data position (update_indices)
+
+    def restore(self, state: dict) -> None:
+        pass
 
 
 def check_same_base(state: dict, model: nn.Module, where: str) -> None:
@@ -281,10 +211,8 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
     check_bits(source, launch.device)
     check_source(source)
     resume = load_resume(cfg.resume) if cfg.resume else None
-    if cfg.output_dir is None:
-        if cfg.resume is None:
-            fail("--output_dir is required (the adapter folder to write)")
-        cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.resume)))
+    cfg = dataclasses.replace(cfg, output_dir=output_folder(cfg.output_dir, cfg.resume, "--output_dir",
+                                                            "the adapter folder to write"))
     check_writable(cfg.output_dir, "--output_dir", folder=True)
     if cfg.eval_steps is not None and cfg.eval_dataset is None:
         fail(f"--eval_steps {cfg.eval_steps} needs --eval_dataset (the file whose validation loss it logs)")
@@ -300,7 +228,7 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
             method, recorded = adapter_kind(adapter), {"kind": adapter_kind(adapter), **adapter.to_dict()}
         run = run_record(cfg, source, recorded, ctx.world_size)
         if resume is not None:
-            check_resume(resume, run, cfg.resume)
+            check_run(resume, run, cfg.resume)
         model, tokenizer = load_causal_lm(source, ctx.device)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
@@ -314,22 +242,12 @@ def train_alpaca(launch: LaunchConfig, source: LlamaSource, request: AdapterRequ
         data = CausalExamples(kind, records, tokenizer, cfg.source_max_len, cfg.target_max_len)
         valid_data = None if valid is None else CausalExamples(*valid, tokenizer, cfg.source_max_len,
                                                                cfg.target_max_len, flag="--eval_dataset")
-        trainer = state.trainer = AlpacaTrainer(cfg, source, ctx, model, data, valid_data, pad_token_id(tokenizer),
-                                                run, resume, write)
-        out = trainer.out
-        resumed = resume_path(cfg.resume).parent if cfg.resume else None
-        state.lock = main_decides(lambda: claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite,
-                                                flag="--output_dir"), ctx)
-        if ctx.is_main:
-            if resume is None:
-                with atomic_open(out / LOG_FILE):
-                    pass
-            else:
-                trim_log(out / LOG_FILE, trainer.step)
-                log.info("resuming %s at step %d", cfg.resume, trainer.step)
-        per_epoch = len(data) // trainer.block
+        task = CausalTask(cfg, source, ctx, model, data, valid_data, pad_token_id(tokenizer), run, write)
+        trainer = Trainer(task, ctx, resume)
+        trainer.open(state, flag="--output_dir", outputs=OUTPUTS, resume=cfg.resume, overwrite=cfg.overwrite)
+        per_epoch = len(data) // task.block
         log.info("%d process(es) on %s; %d %s examples, %d updates per epoch of %d examples; %s on %s: %s trainable "
-                 "parameters; max_steps %d", ctx.world_size, ctx.device.type, len(data), kind, per_epoch, trainer.block,
+                 "parameters; max_steps %d", ctx.world_size, ctx.device.type, len(data), kind, per_epoch, task.block,
                  method, ",".join(source.targets), f"{count_trainable(model):,}", cfg.max_steps)
         if math.ceil(cfg.max_steps / per_epoch) > 1:
             log.info("max_steps %d covers %.2f epochs", cfg.max_steps, cfg.max_steps / per_epoch)

@@ -117,7 +117,7 @@ def evaluate(model: nn.Module, tokenizer, data_dir: str | Path, split: str = "te
 
 def run_mmlu(launch: LaunchConfig, source: LlamaSource, cfg: MMLUConfig) -> dict:
     """Load the base (and ``--adapter``, merged unless the base is 4/8-bit), score, write ``cfg.output``."""
-    from nola.causal.causal_lm import check_bits, check_source, load_causal_lm
+    from nola.causal.causal_lm import ADAPTER_BASE_FIX, check_bits, check_source, load_causal_lm
     from nola.hf_adapter import load_adapter
     from nola.adapters import set_merged
 
@@ -138,7 +138,7 @@ def run_mmlu(launch: LaunchConfig, source: LlamaSource, cfg: MMLUConfig) -> dict
         fail("--device cuda but no CUDA device is visible: use --device cpu")
     model, tokenizer = load_causal_lm(source, torch.device("cuda", 0) if cuda else torch.device("cpu"))
     if cfg.adapter is not None:
-        load_adapter(model, cfg.adapter)
+        load_adapter(model, cfg.adapter, fix=ADAPTER_BASE_FIX)
         if source.bits not in (4, 8):
             set_merged(model, True)
     results = evaluate(model, tokenizer, data_dir, cfg.split, cfg.shots, cfg.max_len, subjects)

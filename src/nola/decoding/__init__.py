@@ -1,2 +1,2 @@
 """Decoding shared by the GPT-2 and causal-LM reproductions: microsoft/LoRA's beam rule (``beam``)
-and the scorers' reference/prediction files (``decode``). Imports only the library and ``nola.gpt2.train``."""
+and the scorers' reference/prediction files (``decode``). Imports only the library and ``nola.train``."""

@@ -1,3 +1,3 @@
 """The GPT-2 reproduction (``src/gpt2_*.py``): the forked model, its cards, checkpoints, data, loop,
-beam steps, decoding and export. Imports the library, ``nola.gpt2.train`` and ``nola.decoding``; never
+beam steps, decoding and export. Imports the library, ``nola.train`` and ``nola.decoding``; never
 ``nola.causal``."""

@@ -1,8 +1,9 @@
 """Build the model a script asks for from its :class:`~nola.config.ModelSource` and adapter request.
 
 ``--init_checkpoint`` may be a base GPT-2 file (adapter from the flags, freshly initialised), an
-adapter checkpoint (adapter from the file, base from its recorded path or ``--base_checkpoint``,
-verified by SHA-256), or a full state dict (ours with metadata, or microsoft/LoRA's plain one).
+adapter (the folder ``model.<step>/``, or an earlier version's ``model.<step>.pt`` file; adapter from
+it, base from its recorded path or ``--base_checkpoint``, verified by SHA-256), or a full state dict
+(ours with metadata, or microsoft/LoRA's plain one).
 """
 from __future__ import annotations
 

@@ -1,26 +1,35 @@
-"""Checkpoint I/O: GPT-2 base weights in every published layout, and compact adapter files.
+"""Checkpoint I/O of the GPT-2 fork: base weights in every published layout, the adapter of each save,
+full state dicts, and the adapter files earlier versions wrote.
 
-An adapter file (``model.<step>.pt``) holds only what NOLA says must be stored: the coefficients
-(b-bit packed when quantised), the adapter configuration (seeds included), the model card and the
-identity of the base checkpoint (path + SHA-256). ``--save_full`` files hold a full state dict
-under ``model_state_dict`` as microsoft/LoRA's scripts wrote it, plus the same metadata. Both are
-sealed with a content checksum (:mod:`nola.integrity`) that :func:`read_checkpoint` verifies.
+A save (:func:`save_checkpoint`) writes the one adapter format, the folder of :mod:`nola.hf_adapter`
+(``model.<step>/``: ``adapter_config.json`` + ``adapter_model.safetensors``) with only what NOLA says
+must be stored: the coefficients (b-bit packed when quantised), the adapter configuration (seeds
+included), the step, and the base identified as a file (:func:`gpt2_base`: path + SHA-256, with the
+model card). ``--save_full`` writes ``model.<step>.pt``, a full state dict under ``model_state_dict``
+as microsoft/LoRA's scripts wrote it plus the metadata block, sealed with a content checksum
+(:mod:`nola.integrity`). :func:`read_checkpoint` reads these, base files, and the pickled adapter
+files (``model.<step>.pt``: ``tensors`` or a packed ``quantised`` block) of earlier versions, into one
+shape: the metadata block plus the adapter ``tensors``.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from nola.errors import fail
 from nola.fileio import atomic_torch_save, sha256_file
+from nola.hf_adapter import (CONFIG_FILE, WEIGHTS_FILE, check_base, file_identity, folder_bytes, read_adapter,
+                             save_adapter)
 from nola.integrity import check_schema, check_sealed, check_tensors, read_file, seal
 from nola.config import AdapterConfig, adapter_from_dict, adapter_kind
 from nola.adapters import is_adapter_key
 from nola.log import get_logger
 from nola.gpt2.model import GPT2Config, GPT2LMModel, redraw_tied_head
-from nola.quant import pack_state, unpack_state
+from nola.quant import unpack_state
+from nola.train.cache import building
 
 ADAPTER_FORMAT = "nola-adapter"
 FORMAT_VERSION = 1
@@ -33,13 +42,18 @@ _QUANTISED = {"names": list, "shapes": list, "bits": int, "codes": torch.Tensor,
 READ_FIX = ("copy or download it again (bash download_pretrained_checkpoints.sh for the GPT-2 bases); "
             "an adapter file can be re-trained (gpt2_ft.py --resume WORK_DIR continues from resume.pt)")
 ADAPTER_FIX = "copy it again, or re-train it (gpt2_ft.py --resume WORK_DIR continues the run from its resume.pt)"
+BASE_FIX = "pass --base_checkpoint PATH to the exact GPT-2 file it was trained on (its SHA-256 must match)"
 
 log = get_logger(__name__)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a ``.safetensors`` or ``torch.save`` file into a dict (CPU), with one-line errors; a
-    file of ours (adapter or ``--save_full``) has its content checksum and keys checked too."""
+    """Load an adapter folder, or a ``.safetensors`` or ``torch.save`` file, into a dict (CPU), with
+    one-line errors; a file of ours (adapter or ``--save_full``) has its content checksum and keys
+    checked too. An adapter, folder or file, comes as the metadata block plus ``tensors``."""
+    path = adapter_folder_for(Path(path))
+    if any((path / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+        return read_adapter_folder(path)
     ckpt = read_file(path, READ_FIX, missing="run `bash download_pretrained_checkpoints.sh` or fix the path")
     if ckpt.get("format") == ADAPTER_FORMAT:
         check_sealed(ckpt, path, ADAPTER_FIX)
@@ -47,8 +61,36 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def adapter_folder_for(path: Path) -> Path:
+    """The paper's commands name ``model.<step>.pt``; ``gpt2_ft.py`` saves that adapter as the folder
+    ``model.<step>/``. A ``.pt`` path that is not there while its folder is means the folder (said in
+    one log line); any other path is itself."""
+    folder = path.with_suffix("") if path.suffix == ".pt" else None
+    if folder is None or path.exists() or not (folder / CONFIG_FILE).is_file():
+        return path
+    log.info("%s: no such file; reading the adapter folder %s/ that gpt2_ft.py saved for it", path, folder)
+    return folder
+
+
+def read_adapter_folder(folder: str | os.PathLike) -> dict:
+    """An adapter folder of the GPT-2 fork (:func:`save_checkpoint`) as the metadata block plus
+    ``tensors`` (qNOLA dequantised), the shape an adapter file read by :func:`read_checkpoint` has;
+    its base identity is checked where the base is known (:func:`check_metadata`)."""
+    header, tensors = read_adapter(folder)
+    base = header["base_model"]
+    if base.get("kind", "config") != "file" or not isinstance(base.get("model_config"), dict):
+        kind = base.get("kind", "config")
+        fail(f"{folder}: an adapter for a {base.get('class') or 'model'} identified by its {kind}, "
+             f"not for the GPT-2 fork: load it onto that model (nola.load_adapter; llama_beam.py --adapter)")
+    return {"format": ADAPTER_FORMAT, "version": FORMAT_VERSION, "adapter": header["adapter"],
+            "config": header["config"], "model_config": base["model_config"],
+            "base": {"path": base.get("path"), "sha256": base.get("sha256")}, "step": int(header.get("step") or 0),
+            "tensors": tensors}
+
+
 def check_adapter_schema(ckpt: dict, source: str | os.PathLike) -> None:
-    """The keys and types :func:`save_adapter` writes (older files lack only ``content_sha256``)."""
+    """The keys and types of a pickled adapter (or ``--save_full``) file: ``model.<step>.pt`` as earlier
+    versions wrote adapters and ``--save_full`` still writes (the oldest lack only ``content_sha256``)."""
     check_schema(ckpt, _SCHEMA, source, ADAPTER_FIX)
     payload = "tensors" if "tensors" in ckpt else "model_state_dict"
     check_schema(ckpt, {payload: dict}, source, ADAPTER_FIX)
@@ -107,7 +149,8 @@ def load_base_weights(model: GPT2LMModel, base: dict[str, torch.Tensor], source:
 
 
 def metadata(model: GPT2LMModel, base_path: str | None, base_sha256: str | None) -> dict:
-    """The one metadata block written into adapter files, ``resume.pt`` and exports: format
+    """The one metadata block written into ``resume.pt``, full checkpoints and exports (and read from
+    adapter folders and earlier versions' adapter files, :func:`read_checkpoint`): format
     version, adapter kind and configuration, model card, and the base checkpoint's identity. Files
     carrying it are written through :func:`nola.integrity.seal` (``content_sha256``) and checked
     when read (:func:`read_checkpoint`, :func:`nola.train.resume.load_resume`)."""
@@ -132,39 +175,48 @@ def check_metadata(meta: dict, cfg: GPT2Config, source: str, base_path: str | No
     if not Path(base_path).is_file():
         fail(f"{source}: base checkpoint {base_path!r} not found; pass --base_checkpoint PATH to the GPT-2 "
              f"file it was trained on")
-    want = (meta.get("base") or {}).get("sha256")
+    recorded = meta.get("base") or {}
+    want = recorded.get("sha256")
     if want:
         got = base_sha256 or sha256_file(base_path)
-        if got != want:
-            fail(f"{base_path}: SHA-256 {got[:12]}... differs from the {want[:12]}... {source} was trained on; "
-                 f"use that exact base file")
+        check_base(file_identity(recorded.get("path"), want), file_identity(base_path, got), source, BASE_FIX)
     return want
 
 
-def _adapter_meta(model: GPT2LMModel, base_path: str | None, base_sha256: str | None, step: int) -> dict:
-    meta = {"format": ADAPTER_FORMAT, **metadata(model, base_path, base_sha256), "step": step}
-    if model.nola is not None:
-        meta["seeds"] = {role: {"A": list(g.seeds_a), "B": list(g.seeds_b)} for role, g in model.nola.items()}
-    return meta
+def gpt2_base(model: GPT2LMModel, base_path: str | None, base_sha256: str | None) -> dict:
+    """The fork's base identity for an adapter folder: the base file (path + SHA-256; None for a
+    random GPT-2) and the model card it was built with."""
+    return file_identity(base_path, base_sha256, model_config=model.config.to_dict())
 
 
-def save_adapter(model: GPT2LMModel, path: str | os.PathLike, base_path: str | None = None,
-                 base_sha256: str | None = None, step: int = 0, full: bool = False) -> int:
-    """Write the adapter file (or, with ``full``, a full state dict plus metadata); return bytes."""
-    meta = _adapter_meta(model, base_path, base_sha256, step)
-    qbits = model.nola_config.qbits if model.nola_config is not None else None
+def save_checkpoint(model: GPT2LMModel, work_dir: str | os.PathLike, base_path: str | None,
+                    base_sha256: str | None, step: int, full: bool = False) -> tuple[Path, int]:
+    """One save of ``gpt2_ft.py`` in ``work_dir``: the adapter folder ``model.<step>/`` (built beside it
+    and renamed, so a killed save leaves none), or with ``full`` the full state dict ``model.<step>.pt``
+    plus the metadata block. Returns the path and its bytes."""
+    work_dir = Path(work_dir)
     if full:
-        meta["model_state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    else:
-        state = model.adapter_state()
-        meta["tensors"] = {k: v.detach().cpu().clone() for k, v in state.items() if qbits is None}
-        if qbits is not None:
-            meta["quantised"] = pack_state(state, qbits)
-    return atomic_torch_save(seal(meta), path, compact=not full)
+        path = work_dir / f"model.{step}.pt"
+        meta = {"format": ADAPTER_FORMAT, **metadata(model, base_path, base_sha256), "step": step,
+                "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        if model.nola is not None:
+            meta["seeds"] = {role: {"A": list(g.seeds_a), "B": list(g.seeds_b)} for role, g in model.nola.items()}
+        return path, atomic_torch_save(seal(meta), path)
+    folder = work_dir / f"model.{step}"
+    if folder.exists():  # this step saved by an earlier, interrupted run of this work_dir
+        shutil.rmtree(folder)
+    with building(folder) as tmp:
+        save_adapter(model, tmp, gpt2_base(model, base_path, base_sha256), step)
+    return folder, folder_bytes(folder)
+
+
+def saved_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a save: an adapter folder's two files, or a checkpoint file."""
+    return folder_bytes(path) if Path(path).is_dir() else Path(path).stat().st_size
 
 
 def adapter_tensors(ckpt: dict) -> dict[str, torch.Tensor]:
-    """The adapter tensors of an adapter file, dequantised to float."""
+    """The adapter tensors of an adapter (folder or earlier version's file), dequantised to float."""
     return {**ckpt["tensors"], **(unpack_state(ckpt["quantised"]) if "quantised" in ckpt else {})}
 
 

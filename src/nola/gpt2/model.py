@@ -14,7 +14,7 @@ from torch import nn
 
 from nola.gpt2.card import GPT2Config  # noqa: F401  (re-exported: the model's hyper-parameters)
 from nola.config import LoRAConfig, NOLAConfig
-from nola.adapters import GPT2_ROLES, adapter_state, count_trainable, freeze_base, gpt2_targets, inject, is_merged, set_merged
+from nola.adapters import GPT2_ROLES, AdapterSpec, adapter_state, count_trainable, freeze_base, gpt2_targets, inject, is_merged, set_merged
 from nola.train.distributed import rank_share
 from nola.gpt2.dropout import PaddedDropout
 
@@ -190,6 +190,8 @@ class GPT2LMModel(nn.Module):
             if not gpt2_targets(nola):
                 raise ValueError("--nola_rank needs a target: add --nola_qv and/or --nola_mlp")
             inject(self, nola, gpt2_targets(nola))
+        if lora is not None:  # built into the attention (lora_attention); recorded as inject_lora records it
+            self.adapter_spec = AdapterSpec(lora, ("attn_q", "attn_v"))
         freeze_base(self)
 
     @property
@@ -233,21 +235,28 @@ class GPT2LMModel(nn.Module):
         return ForkSteps(self)
 
 
-def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-            label_smooth: float = 0.0, tokens: torch.Tensor | None = None, world_size: int = 1) -> torch.Tensor:
-    """Masked token cross-entropy, with label smoothing as microsoft/LoRA's NLG code applies it:
-    ``(1-ε)·nll + ε·mean(-log p)``, summed over masked tokens and divided by ``Σmask + 1e-4``.
-
-    Under DDP, ``tokens`` is ``Σmask`` summed over the ranks of the micro-step and the result this
-    rank's :func:`~nola.train.distributed.rank_share` of the all-rank batch's loss (the defaults: one process)."""
+def lm_loss_sum(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                label_smooth: float = 0.0) -> torch.Tensor:
+    """Masked token cross-entropy summed over the masked tokens, with label smoothing as microsoft/LoRA's
+    NLG code applies it: ``(1-ε)·nll + ε·mean(-log p)``."""
     logp = F.log_softmax(logits.float(), dim=-1)
     loss = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     if label_smooth > 0:
         loss = (1.0 - label_smooth) * loss - label_smooth * logp.mean(dim=-1)
+    return (loss * mask).sum()
+
+
+def lm_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+            label_smooth: float = 0.0, tokens: torch.Tensor | None = None, world_size: int = 1) -> torch.Tensor:
+    """:func:`lm_loss_sum` divided by ``Σmask + 1e-4``, microsoft/LoRA's training loss.
+
+    Under DDP, ``tokens`` is ``Σmask`` summed over the ranks of the micro-step and the result this
+    rank's :func:`~nola.train.distributed.rank_share` of the all-rank batch's loss (the defaults: one
+    process); the training loop divides :func:`lm_loss_sum` so (:mod:`nola.gpt2.train`)."""
     if mask is None:
-        mask = torch.ones_like(loss)
+        mask = torch.ones(target.shape, dtype=torch.float32, device=target.device)
     total = mask.sum() if tokens is None else tokens
-    return rank_share((loss * mask).sum(), total + 1e-4, world_size)
+    return rank_share(lm_loss_sum(logits, target, mask, label_smooth), total + 1e-4, world_size)
 
 
 def lora_count(cfg: GPT2Config, rank: int, roles: dict[str, tuple[int, int]]) -> int:

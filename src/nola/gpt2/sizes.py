@@ -1,10 +1,11 @@
-"""Adapter file sizes without base weights: what ``model.<step>.pt`` will weigh for any card, and what
-an adapter folder on a ``transformers`` causal LM weighs next to LoRA's.
+"""Adapter sizes without base weights: what the adapter folder ``model.<step>/`` will weigh for any
+GPT-2 card, and what an adapter folder on a ``transformers`` causal LM weighs next to LoRA's.
 
 The model is built on the meta device (no memory, no weights), its adapter tensors are replaced by
-zeros of the right shapes, and the file is written by :func:`nola.gpt2.checkpoint.save_adapter` itself,
-so the figure includes the exact container overhead (zip records, pickled metadata) and the b-bit
-packing. Values do not change the size: tensors are stored uncompressed.
+zeros of the right shapes, and the folder is written by the save itself
+(:func:`nola.gpt2.checkpoint.save_checkpoint`, :func:`nola.hf_adapter.save_adapter`), so the figure
+includes the exact overhead (the JSON header, the safetensors header) and the b-bit packing. Values
+do not change the size: tensors are stored uncompressed.
 
 ``python benchmarks/adapter_size.py`` prints the table for GPT-2 S/M/L on q and v.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nola.gpt2.checkpoint import save_adapter
+from nola.gpt2.checkpoint import save_checkpoint
 from nola.config import LoRAConfig, NOLAConfig
 from nola.adapters import count_trainable
 from nola.gpt2.model import GPT2Config, GPT2LMModel
@@ -28,16 +29,17 @@ _CARD_SIZE = {"gpt2.sm": "small", "gpt2.md": "medium", "gpt2.lg": "large"}
 
 def adapter_file_bytes(cfg: GPT2Config, adapter: NOLAConfig | LoRAConfig, base_path: str | None = None,
                        base_sha256: str | None = "0" * 64, step: int = 0) -> tuple[int, int]:
-    """(bytes of the adapter file, trainable parameters) for ``adapter`` on a ``cfg`` model."""
+    """(bytes of the adapter folder, trainable parameters) for ``adapter`` on a ``cfg`` model."""
     is_nola = isinstance(adapter, NOLAConfig)
     skeleton = dataclasses.replace(adapter, mode="onthefly") if is_nola else None
     with torch.device("meta"):
         model = GPT2LMModel(cfg, nola=skeleton, lora=None if is_nola else adapter)
-    if is_nola:
-        model.nola_config = adapter  # record the configuration as given (mode included)
+    if is_nola:  # record the configuration as given (mode included)
+        model.nola_config = adapter
+        model.adapter_spec = model.adapter_spec._replace(config=adapter)
     _zero_trainables(model)
     with tempfile.TemporaryDirectory() as tmp:
-        size = save_adapter(model, Path(tmp) / "model.pt", base_path, base_sha256, step)
+        _, size = save_checkpoint(model, tmp, base_path, base_sha256, step)
     return size, count_trainable(model)
 
 
@@ -86,14 +88,13 @@ def causal_adapter_size(model_dir: str | Path, adapter_dir: str | Path | None = 
         folder = Path(adapter_dir)
         header = json.loads((folder / hf_adapter.CONFIG_FILE).read_text(encoding="utf-8"))
         params = sum(int(torch.Size(shape).numel()) for shape in header["tensors"].values())
-        return sum((folder / name).stat().st_size for name in (hf_adapter.CONFIG_FILE, hf_adapter.WEIGHTS_FILE)), params
+        return hf_adapter.folder_bytes(folder), params
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     inject_lora(model, LoRAConfig(dim=lora_rank), list(targets or []))
     _zero_trainables(model)
     with tempfile.TemporaryDirectory() as tmp:
-        hf_adapter.save_adapter(model, tmp)
-        return sum(f.stat().st_size for f in Path(tmp).iterdir()), count_trainable(model)
+        return hf_adapter.folder_bytes(hf_adapter.save_adapter(model, tmp)), count_trainable(model)
 
 
 def _zero_trainables(model: nn.Module) -> None:

@@ -28,7 +28,7 @@ def building(final: str | os.PathLike) -> Iterator[Path]:
     kept and this one dropped: the caller removes a bad ``final`` before building a new one."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; the final folder gets a normal mode
     try:
         yield tmp

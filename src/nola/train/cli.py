@@ -39,7 +39,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str, *, track_g
         names = [f"--{flag_of(f)}"] + [f"--{a}" for a in f.metadata.get("aliases", ())]
         default = None if f.default is MISSING else f.default
         kind = _base_type(hints[f.name])
-        spec: dict = {"dest": f.name, "help": f.metadata.get("help", "")}
+        spec: dict = {"dest": f.name, "help": _help(cls, f.metadata.get("help", ""))}
         if kind is not bool:
             spec["metavar"] = flag_of(f).upper()
         if kind is bool:
@@ -57,6 +57,14 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str, *, track_g
             spec["help"] += f" (default {default})"
         group.add_argument(*names, **spec)
     return group
+
+
+def _help(cls: type, text: str) -> str:
+    """A field's help with the script's names filled in (:class:`nola.config.RunControl`)."""
+    for token, name in (("{folder}", "FOLDER"), ("{outputs}", "OUTPUTS"), ("{step}", "STEP")):
+        if token in text:
+            text = text.replace(token, getattr(cls, name))
+    return text
 
 
 def given(cls: type, args: argparse.Namespace) -> dict:

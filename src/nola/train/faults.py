@@ -125,7 +125,7 @@ class RunState:
 
 @contextlib.contextmanager
 def guarded_run(ctx: DistContext, folder: str, timeout: int) -> Iterator[RunState]:
-    """The body of a training run (``gpt2_ft.py``, ``llama_ft.py``): SIGTERM raises as Ctrl-C does, an
+    """The body of a training run (``gpt2_ft.py``, ``llama_ft.py``, ``vit_ft.py``): SIGTERM raises as Ctrl-C does, an
     interrupt or a fault ends the process with its one line, and however the run ends the folder's
     lock is released and the process group closed. ``folder``: the run's folder as the user gave it."""
     state = RunState()

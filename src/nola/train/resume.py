@@ -1,12 +1,12 @@
 """Resume state of an interrupted fine-tuning run, kept apart from the adapter files.
 
-``work_dir/resume.pt`` holds what continuing needs and ``model.<step>.pt`` must not carry: the
-trainable tensors at full precision (a quantised adapter file stores only b-bit codes), the
+``work_dir/resume.pt`` holds what continuing needs and the adapter (``model.<step>/``) must not carry: the
+trainable tensors at full precision (a quantised adapter stores only b-bit codes), the
 optimiser, the gradient scaler, every rank's RNG states and the data position (epoch, batches of
 that epoch already trained). A ``gpt2_ft.py`` step is one batch, so with ``--grad_acc`` a save can
 fall inside an update: then every rank's gradient accumulated so far is kept too (``grad``), and
-the resumed run finishes that update as the uninterrupted one does. It is rewritten atomically at
-every save, after the adapter file.
+the resumed run finishes that update as the uninterrupted one does. :class:`nola.train.trainer.Trainer`
+rewrites it atomically at every save, after the task's adapter files.
 """
 from __future__ import annotations
 

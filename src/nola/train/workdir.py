@@ -2,8 +2,9 @@
 
 :func:`claim` takes an exclusive ``flock`` on ``<folder>/.lock`` for the whole run (the kernel drops
 it when the process ends, however it ends; the file names the holder), refuses a fresh start into a
-folder that holds an earlier run's outputs unless ``--overwrite`` clears them, and removes the
-hidden temp files that :func:`nola.fileio.atomic_open` leaves when a process is killed mid-write.
+folder that holds an earlier run's outputs (files, or folders such as an adapter's ``model.<step>/``)
+unless ``--overwrite`` clears them, and removes the hidden temp files and folders that
+:func:`nola.fileio.atomic_open` and :func:`nola.train.cache.building` leave when a process is killed mid-write.
 ``log.jsonl`` rows are appended by :func:`append_row` (a failed append is cut back off) and
 trimmed on resume by :func:`trim_log` (a torn last row, left by a crash mid-append, is dropped).
 """
@@ -15,6 +16,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -25,7 +27,8 @@ from nola.log import get_logger
 
 log = get_logger(__name__)
 LOCK_FILE = ".lock"
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")  # atomic_open's mkstemp(prefix=".NAME.", suffix=".tmp")
+# atomic_open's mkstemp and building's mkdtemp: prefix=".NAME.", suffix=".tmp"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 
 
 class WorkDirLock:
@@ -62,7 +65,7 @@ def claim(folder: str | os.PathLike, outputs: tuple[str, ...], *, resumed: str |
         _remove_stale_temps(path, outputs)
         if fresh and overwrite:
             for name in _earlier(path, outputs):
-                (path / name).unlink()
+                _remove(path / name)
                 log.info("--overwrite: removed %s", path / name)
         elif fresh:
             _refuse_earlier(path, outputs, flag)  # written by a run that ended while this one started
@@ -75,7 +78,15 @@ def claim(folder: str | os.PathLike, outputs: tuple[str, ...], *, resumed: str |
 def _earlier(path: Path, outputs: tuple[str, ...]) -> list[str]:
     if not path.is_dir():
         return []
-    return sorted(p.name for p in path.iterdir() if p.is_file() and _is_output(p.name, outputs))
+    return sorted(p.name for p in path.iterdir()
+                  if (p.is_file() or p.is_dir()) and _is_output(p.name, outputs))
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 def _is_output(name: str, outputs: tuple[str, ...]) -> bool:
@@ -136,13 +147,13 @@ def _acquire(path: Path, flag: str) -> WorkDirLock:
 
 
 def _remove_stale_temps(path: Path, outputs: tuple[str, ...]) -> None:
-    """Temp files of outputs (``.model.4.pt.k2j_x9.tmp``): a writer killed mid-write left them; the
-    lock says no writer of this folder is alive."""
+    """Temp files and folders of outputs (``.model.4.pt.k2j_x9.tmp``, ``.model.4.k2j_x9.tmp/``): a writer
+    killed mid-write left them; the lock says no writer of this folder is alive."""
     for entry in path.glob(".*.tmp"):
         match = _TEMP.match(entry.name)
-        if match and _is_output(match["name"], outputs) and entry.is_file():
-            entry.unlink()
-            log.info("removed %s, a temp file left by an interrupted write", entry)
+        if match and _is_output(match["name"], outputs) and (entry.is_file() or entry.is_dir()):
+            _remove(entry)
+            log.info("removed %s, left by an interrupted write", entry)
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:

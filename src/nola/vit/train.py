@@ -1,13 +1,14 @@
-"""The k-shot fine-tuning loop behind ``src/vit_ft.py`` (UCDvision/NOLA vit/train_timm.py's recipe).
+"""``src/vit_ft.py``'s k-shot fine-tuning (UCDvision/NOLA vit/train_timm.py's recipe), a task
+(:class:`ViTTask`) of the one loop (:class:`nola.train.trainer.Trainer`).
 
 Adam without weight decay over the trained tensors, the learning rate of
 ``CosineAnnealingLR(T_max=epochs, eta_min=min_lr)`` stepped per epoch, cross-entropy with label
 smoothing, fp16 autocast with loss scaling (``--fp16``), batches of ``--batch_size`` with the
 last incomplete one of each epoch dropped, evaluation on the whole ``val/`` folder after the last
-epoch. Step ``s`` is batch ``s % per_epoch`` of epoch ``s // per_epoch``, whose order is a
-permutation seeded by (``--seed``, epoch), and every image's augmentation is seeded by its place
-(:mod:`nola.vit.transforms`), so the data position is a function of the step and ``--resume`` is
-exact.
+epoch (no validation during training). One process; a step is one batch and one update. Step ``s``
+is batch ``s % per_epoch`` of epoch ``s // per_epoch``, whose order is a permutation seeded by
+(``--seed``, epoch), and every image's augmentation is seeded by its place (:mod:`nola.vit.transforms`),
+so the data position is a function of the step and ``--resume`` is exact.
 
 Outputs in ``--outdir``: ``trained.safetensors`` (the trained tensors: α/β or LoRA's A/B, and the
 head; the whole model with ``full``) and ``result.json`` at the end, ``resume.pt`` at every epoch's
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,19 +30,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from nola.adapters import count_trainable
 from nola.config import LaunchConfig, ViTConfig
-from nola.train.distributed import DistContext, init_distributed
 from nola.errors import fail
-from nola.train.faults import NonFinite, guarded_run
 from nola.fileio import atomic_open, check_writable
 from nola.log import get_logger
-from nola.train.resume import RESUME_FILE, load_resume, restore_trainable, resume_path, rng_state, save_resume, set_rng_state
+from nola.train.distributed import DistContext, init_distributed
+from nola.train.faults import guarded_run
+from nola.train.resume import RESUME_FILE, load_resume
+from nola.train.trainer import LOG_FILE, Cadence, Step, Trainer, check_run, output_folder
 from nola.vit.folder import ImageSet, Sample, check_images, kshot, load_rgb, scan
 from nola.vit.model import build, head_count, input_size, trained_state
-from nola.vit.transforms import Transform, EvalTransform, official_augmentation, sample_seed, seeded
-from nola.train.workdir import append_row, claim, start_log
+from nola.vit.transforms import EvalTransform, Transform, official_augmentation, sample_seed, seeded
 
 log = get_logger(__name__)
-LOG_FILE, RESULT_FILE, TRAINED_FILE = "log.jsonl", "result.json", "trained.safetensors"
+RESULT_FILE, TRAINED_FILE = "result.json", "trained.safetensors"
 OUTPUTS = (LOG_FILE, RESULT_FILE, TRAINED_FILE, RESUME_FILE)
 # Settings that are no part of a run's numbers: the rest must repeat on --resume.
 NOT_RUN_KEYS = ("outdir", "resume", "stop_at_step", "overwrite", "num_workers", "eval_batch_size")
@@ -80,83 +82,59 @@ def step_items(num_samples: int, batch: int, seed: int, step: int) -> list[tuple
     return [(epoch, p, order[p].item()) for p in range(slot * batch, (slot + 1) * batch)]
 
 
-class ViTTrainer:
-    """State and steps of one k-shot run on one process."""
+class ViTTask:
+    """What :class:`nola.train.trainer.Trainer` needs of a ``vit_ft.py`` run: a step is one batch and one
+    update; the loss is the batch's mean cross-entropy (the official recipe), so its count is 1."""
+
+    steps_per_update, clip = 1, 0.0
 
     def __init__(self, cfg: ViTConfig, ctx: DistContext, model: nn.Module, train_set: ImageSet, augment: Transform,
-                 run: dict, resume: dict | None) -> None:
-        self.cfg, self.ctx, self.model, self.train_set, self.run = cfg, ctx, model, train_set, run
-        self.out = Path(cfg.outdir)
+                 run: dict) -> None:
+        self.cfg, self.ctx, self.model, self.net, self.run = cfg, ctx, model, model, run
+        self.work_dir = Path(cfg.outdir)
         self.per_epoch = len(train_set.samples) // cfg.batch_size
         if self.per_epoch == 0:
             fail(f"--batch_size {cfg.batch_size}: the {len(train_set.samples)} training images fill no batch; "
                  f"lower --batch_size or raise --kshot")
-        self.max_steps = cfg.epochs * self.per_epoch
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.trainable, lr=cfg.lr)
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.fp16)
+        self.max_step = cfg.epochs * self.per_epoch
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        self.amp_dtype, self.scale_loss = (torch.float16 if cfg.fp16 else None), cfg.fp16
+        self.cadence = Cadence(log_every=1, save_every=self.per_epoch, stop_at=cfg.stop_at_step)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.data = Images(train_set.samples, augment, cfg.seed)
-        self.step, self.saved = 0, None
-        if resume is not None:
-            restore_trainable(model, self.optimizer, self.scaler, resume)
-            self.step = self.saved = resume["step"]
-            set_rng_state(resume["rng"][0], ctx.device)
+
+    def steps(self, step: int) -> Iterator[Step]:
+        stop = min(self.max_step, self.cfg.stop_at_step or self.max_step)
+        batches = [step_items(len(self.data), self.cfg.batch_size, self.cfg.seed, s) for s in range(step, stop)]
+        loader = DataLoader(self.data, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                            pin_memory=self.ctx.device.type == "cuda")
+        for images, labels in loader:
+            yield Step([{"images": images, "labels": labels}], 1.0)
+
+    def loss_sum(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(net(batch["images"]), batch["labels"])
+
+    def denominator(self, count: torch.Tensor) -> torch.Tensor:
+        return count
 
     def lr_at(self, step: int) -> float:
         return cosine_lr(step // self.per_epoch, self.cfg.epochs, self.cfg.lr, self.cfg.min_lr)
 
-    def _loader(self, start: int, stop: int) -> DataLoader:
-        batches = [step_items(len(self.data), self.cfg.batch_size, self.cfg.seed, s) for s in range(start, stop)]
-        return DataLoader(self.data, batch_sampler=batches, num_workers=self.cfg.num_workers,
-                          pin_memory=self.ctx.device.type == "cuda")
+    def train_row(self, step: int, lr: float, loss: float, avg: float, ms: float) -> dict:
+        if step % self.per_epoch == 0:
+            log.info("| epoch %3d / %d | step %5d | lr %.3g | loss %.4f", step // self.per_epoch, self.cfg.epochs,
+                     step, lr, loss)
+        return {"step": step, "epoch": (step - 1) // self.per_epoch + 1, "lr": lr, "loss": loss}
 
-    def update(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """One optimiser step on one batch; returns its loss."""
-        device = self.ctx.device
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.cfg.fp16):
-            loss = self.loss_fn(self.model(images), labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return loss.item()
+    def save(self, step: int, new: bool) -> dict:
+        log.info("saving resume.pt in %s at step %d", self.work_dir, step)
+        return {"adapter": None, "train_type": self.cfg.train_type, "vit": self.cfg.vit}
 
-    def save(self) -> None:
-        """resume.pt at the current step (never of non-finite trained tensors)."""
-        if not all(torch.isfinite(p).all() for p in self.trainable):
-            raise NonFinite(self.step, "a trained parameter")
-        meta = {"adapter": None, "train_type": self.cfg.train_type, "vit": self.cfg.vit}
-        save_resume(self.out, meta, {"step": self.step}, self.model, self.optimizer, self.scaler,
-                    [rng_state(self.ctx.device)], self.run)
-        self.saved = self.step
-        log.info("saved resume.pt in %s at step %d", self.out, self.step)
+    def position(self) -> dict:
+        return {}  # the step is the data position (step_items)
 
-    def fit(self) -> bool:
-        """Train to the last step (True) or to ``--stop_at_step`` (False)."""
-        cfg = self.cfg
-        stop = min(self.max_steps, cfg.stop_at_step or self.max_steps)
-        self.model.train()
-        for images, labels in self._loader(self.step, stop) if self.step < stop else ():
-            lr = self.lr_at(self.step)
-            loss = self.update(images, labels)
-            if not math.isfinite(loss):
-                raise NonFinite(self.step)
-            append_row(self.out / LOG_FILE, {"step": self.step, "epoch": (self.step - 1) // self.per_epoch + 1,
-                                             "lr": lr, "loss": loss})
-            if self.step % self.per_epoch == 0:
-                log.info("| epoch %3d / %d | step %5d | lr %.3g | loss %.4f", self.step // self.per_epoch,
-                         cfg.epochs, self.step, lr, loss)
-            if self.step % self.per_epoch == 0 or self.step == stop:
-                self.save()
-        if self.step < self.max_steps:
-            log.info("stopped at step %d (--stop_at_step); continue with --resume %s", self.step, self.out)
-            return False
-        return True
+    def restore(self, state: dict) -> None:
+        pass
 
 
 @torch.no_grad()
@@ -184,14 +162,6 @@ def run_record(cfg: ViTConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN_KEYS}
 
 
-def check_resume(state: dict, run: dict, where: str) -> None:
-    """The resumed run must repeat the interrupted one's settings (one line naming the first that differs)."""
-    for key, value in run.items():
-        if state["run"].get(key) != value:
-            fail(f"--resume {where}: --{key} was {state['run'].get(key)!r} in the interrupted run, now {value!r}: "
-                 f"resume with the same flags")
-
-
 def train_vit(launch: LaunchConfig, cfg: ViTConfig) -> None:
     """Check the inputs, then train and evaluate as ``cfg`` says (``--resume``: continue a run)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -199,14 +169,11 @@ def train_vit(launch: LaunchConfig, cfg: ViTConfig) -> None:
     if cfg.fp16 and launch.device == "cpu":
         fail("--fp16 needs CUDA (the official AMP): drop --fp16 on --device cpu")
     resume = load_resume(cfg.resume) if cfg.resume else None
-    if cfg.outdir is None:
-        if cfg.resume is None:
-            fail("--outdir is required (the folder the run writes)")
-        cfg = dataclasses.replace(cfg, outdir=str(resume_path(cfg.resume).parent))
+    cfg = dataclasses.replace(cfg, outdir=output_folder(cfg.outdir, cfg.resume, "--outdir", "the folder the run writes"))
     check_writable(cfg.outdir, "--outdir", folder=True)
     run = run_record(cfg)
     if resume is not None:
-        check_resume(resume, run, cfg.resume)
+        check_run(resume, run, cfg.resume)
     train_set = scan(Path(cfg.train_data_path) / "train", "--train_data_path")
     val_set = scan(Path(cfg.val_path) / "val", "--val_data_path")
     if val_set.classes != train_set.classes:
@@ -224,18 +191,15 @@ def train_vit(launch: LaunchConfig, cfg: ViTConfig) -> None:
     with guarded_run(ctx, cfg.outdir, launch.dist_timeout) as state:
         model, weights = build(cfg, len(train_set.classes))
         model.to(ctx.device)
-        trainer = state.trainer = ViTTrainer(cfg, ctx, model, train_set, augment, run, resume)
-        out = trainer.out
-        resumed = resume_path(cfg.resume).parent if cfg.resume else None
-        state.lock = claim(out, OUTPUTS, resumed=resumed, overwrite=cfg.overwrite, flag="--outdir")
-        start_log(out / LOG_FILE, None if resume is None else trainer.step)
-        if resume is not None:
-            log.info("resuming %s at step %d", cfg.resume, trainer.step)
+        task = ViTTask(cfg, ctx, model, train_set, augment, run)
+        trainer = Trainer(task, ctx, resume)
+        trainer.open(state, flag="--outdir", outputs=OUTPUTS, resume=cfg.resume, overwrite=cfg.overwrite)
+        out = task.work_dir
         trained = count_trainable(model) - head_count(model)
         log.info("%s (%s), %s: %s trained parameters without the head, %s in the head; %d classes, %d training "
                  "images (%d steps per epoch), %d validation images", cfg.vit, weights, cfg.train_type,
                  f"{trained:,}", f"{head_count(model):,}", len(train_set.classes), len(train_set.samples),
-                 trainer.per_epoch, len(val_set.samples))
+                 task.per_epoch, len(val_set.samples))
         if not trainer.fit():
             return
         acc = accuracy(model, val_set.samples, cfg, ctx.device)

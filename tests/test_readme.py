@@ -135,3 +135,13 @@ def test_the_real_weights_table_is_real_table_s_output():
 
     assert table_lines(section) == table_lines(results)
     assert len(table_lines(results)) == 2 + 10  # header, rule, nine adapted rows and the unadapted model
+
+
+def test_the_mini_reproduction_table_is_mini_report_s_output():
+    """docs/mini_reproduction.md's table is results/mini_e2e.md's (what scripts/mini_report.py wrote
+    and printed), line for line."""
+    def table_lines(path: Path) -> list[str]:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+
+    assert table_lines(REPO / "docs" / "mini_reproduction.md") == table_lines(REPO / "results" / "mini_e2e.md")
+    assert len(table_lines(REPO / "results" / "mini_e2e.md")) == 2 + 5  # header, rule, the base and four adapted runs

@@ -174,7 +174,7 @@ def test_resume_refuses_a_base_replaced_in_the_same_folder(setup, tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: main(common(setup, tmp_path / "run") + args + ["--resume", str(tmp_path / "run")]))
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err[-1].startswith("error: --resume") and "configuration differs" in err[-1], err
+    assert exit_info.value.code == 2 and err[-1].startswith("error: --resume") and "trained on another base" in err[-1], err
     assert torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["step"] == 1
 
 

@@ -42,7 +42,7 @@ from nola.causal.peft_baselines import add_peft, config_record, peft_config, sav
 from nola.config import AdapterRequest, AlpacaTrainConfig, LaunchConfig, LlamaSource, OptimConfig, adapter_kind
 from nola.errors import fail
 from nola.fileio import check_writable
-from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, save_adapter
+from nola.hf_adapter import CONFIG_FILE, WEIGHTS_FILE, base_identity, check_base, save_adapter
 from nola.log import get_logger
 from nola.train.distributed import DistContext, all_ranks_sum, barrier, init_distributed
 from nola.train.faults import guarded_run
@@ -169,13 +169,12 @@ class CausalTask:
 
 
 def check_same_base(state: dict, model: nn.Module, where: str) -> None:
-    """A resumed run trains on the base it started on: the model at --model_name_or_path must have the
-    configuration the interrupted run recorded (one-line error otherwise)."""
-    recorded = (state.get("base_model") or {}).get("config_sha256")
-    now = base_identity(model)
-    if recorded is not None and recorded != now["config_sha256"]:
-        fail(f"--resume {where}: the interrupted run trained on a base whose configuration differs from "
-             f"{now['name_or_path'] or 'the model loaded now'}; resume with the model it started on")
+    """A resumed run trains on the base it started on: the model at --model_name_or_path must be the one
+    the interrupted run recorded (:func:`nola.hf_adapter.check_base`; one-line error otherwise)."""
+    recorded = state.get("base_model")
+    if recorded is not None:
+        check_base(recorded, base_identity(model), f"--resume {where}",
+                   "the interrupted run trained on another base: resume with the --model_name_or_path it started on")
 
 
 def native_writer(model: nn.Module) -> Callable[[Path], dict]:

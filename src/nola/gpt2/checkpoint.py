@@ -78,8 +78,8 @@ def read_adapter_folder(folder: str | os.PathLike) -> dict:
     its base identity is checked where the base is known (:func:`check_metadata`)."""
     header, tensors = read_adapter(folder)
     base = header["base_model"]
-    if base.get("kind", "config") != "file" or not isinstance(base.get("model_config"), dict):
-        kind = base.get("kind", "config")
+    kind = base.get("kind", "config")  # folders of transformers models carry no kind (hf_adapter)
+    if kind != "file" or not isinstance(base.get("model_config"), dict):
         fail(f"{folder}: an adapter for a {base.get('class') or 'model'} identified by its {kind}, "
              f"not for the GPT-2 fork: load it onto that model (nola.load_adapter; llama_beam.py --adapter)")
     return {"format": ADAPTER_FORMAT, "version": FORMAT_VERSION, "adapter": header["adapter"],

@@ -21,7 +21,7 @@ from torch import nn
 
 from nola.adapters import projection_layout
 from nola.errors import fail
-from nola.hf_adapter import base_identity
+from nola.hf_adapter import base_identity, check_base
 from nola.peft.config import NolaConfig
 from nola.peft.layer import Linear, NolaLayer, NolaRole
 from nola.quant import pack_state, unpack_state
@@ -79,10 +79,8 @@ class NolaModel(BaseTuner):
         want = config.base_model_identity
         if want is None:
             config.base_model_identity = {"class": have["class"], "config_sha256": have["config_sha256"]}
-        elif (want.get("class"), want.get("config_sha256")) != (have["class"], have["config_sha256"]):
-            fail(f"NOLA adapter saved for a {want.get('class')} with config sha256 "
-                 f"{str(want.get('config_sha256'))[:12]}, not this {have['class']} with {have['config_sha256'][:12]}: "
-                 f"load it onto the base model it was trained on")
+        else:
+            check_base(want, have, "NOLA adapter", "load it onto the base model it was trained on")
 
     def _plan(self, config: NolaConfig, adapter_name: str) -> dict[str, tuple[NolaRole, int]]:
         """Module key -> (role, index in the role) for every target of a new adapter."""

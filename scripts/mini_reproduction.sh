@@ -18,6 +18,7 @@ fi
 PY="${PYTHON:-$repo/.venv/bin/python}"
 export PYTHON="$PY"
 launch=("$PY" -m torch.distributed.launch --nproc_per_node=1)
+source scripts/mini_runs.sh
 mkdir -p "$out/logs"
 start=$SECONDS
 say() { echo "== [$((SECONDS - start)) s] $*"; }
@@ -56,12 +57,7 @@ adapt() {
   if [ "$name" = none ]; then
     ckpt="$base"
   else
-    "${launch[@]}" src/gpt2_ft.py --train_data "$e2e/mini_train.jsonl" --valid_data "$e2e/mini_valid.jsonl" \
-      --train_batch_size 8 --valid_batch_size 16 --seq_len 96 --model_card "$card" --init_checkpoint "$base" \
-      --clip 0.0 --weight_decay 0.0 --correct_bias --adam_beta2 0.999 --scheduler linear --warmup_step 50 \
-      --max_step "${ADAPT_STEPS:-600}" --save_interval 100000 --log_interval 100 --eval_interval 100 \
-      --label_smooth 0.1 --work_dir "$dir" --overwrite --random_seed 110 "$@" > "$dir/train.log" 2>&1 \
-      || { echo "training $name failed: $dir/train.log"; exit 1; }
+    mini_train "$dir" "$base" "$e2e" "$card" "$@" || { echo "training $name failed: $dir/train.log"; exit 1; }
     ckpt="$dir/$(ls "$dir" | grep -E '^model\.[0-9]+$' | sort -t. -k2 -n | tail -n 1)"  # the last adapter folder
   fi
   echo $((SECONDS - t0)) > "$dir/train_seconds.txt"
@@ -78,10 +74,7 @@ adapt() {
 }
 
 adapt none
-adapt lora_r4 --lora_dim 4 --lora_alpha 32 --lora_dropout 0.1 --lr 0.002
-adapt lora_r1 --lora_dim 1 --lora_alpha 8 --lora_dropout 0.1 --lr 0.002
-adapt nola --nola_rank 8 --nola_c 1.0 --nola_qv --nola_num_basis 100 --lr 0.1
-adapt qnola3 --nola_rank 8 --nola_c 1.0 --nola_qv --nola_num_basis 100 --qnola --qbits 3 --lr 0.1
+mini_adapted adapt
 
 say "(c) report"
 "$PY" scripts/mini_report.py --runs "$out/runs" --out results/mini_e2e --wall_seconds $((SECONDS - start))

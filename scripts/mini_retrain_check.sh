@@ -12,21 +12,13 @@ old=$(cd "$1" && pwd) new=$2 wall=$3
 PY="${PYTHON:-.venv/bin/python}"
 base=$(ls "$old"/pretrain/model.*.pt | sort -t. -k2 -n | tail -n 1)
 e2e="$old/data/e2e"
+source scripts/mini_runs.sh
 retrain() {
   local name=$1 dir="$new/runs/$1"
   shift
   mkdir -p "$dir"
-  "$PY" -m torch.distributed.launch --nproc_per_node=1 src/gpt2_ft.py --train_data "$e2e/mini_train.jsonl" \
-    --valid_data "$e2e/mini_valid.jsonl" --train_batch_size 8 --valid_batch_size 16 --seq_len 96 \
-    --model_card "$old/base/card.json" --init_checkpoint "$base" --clip 0.0 --weight_decay 0.0 --correct_bias \
-    --adam_beta2 0.999 --scheduler linear --warmup_step 50 --max_step "${ADAPT_STEPS:-600}" --save_interval 100000 \
-    --log_interval 100 --eval_interval 100 --label_smooth 0.1 --work_dir "$dir" --overwrite --random_seed 110 "$@" \
-    > "$dir/train.log" 2>&1 || { echo "training $name failed: $dir/train.log"; exit 1; }
+  mini_train "$dir" "$base" "$e2e" "$old/base/card.json" "$@" || { echo "training $name failed: $dir/train.log"; exit 1; }
 }
-# The flags of mini_reproduction.sh's adapt lines.
-retrain lora_r4 --lora_dim 4 --lora_alpha 32 --lora_dropout 0.1 --lr 0.002
-retrain lora_r1 --lora_dim 1 --lora_alpha 8 --lora_dropout 0.1 --lr 0.002
-retrain nola --nola_rank 8 --nola_c 1.0 --nola_qv --nola_num_basis 100 --lr 0.1
-retrain qnola3 --nola_rank 8 --nola_c 1.0 --nola_qv --nola_num_basis 100 --qnola --qbits 3 --lr 0.1
+mini_adapted retrain
 "$PY" scripts/mini_compare.py --old "$old/runs" --new "$new/runs"
 "$PY" scripts/mini_report.py --runs "$old/runs" --out results/mini_e2e --wall_seconds "$wall"
